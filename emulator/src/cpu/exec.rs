@@ -1,0 +1,339 @@
+//! The execution loop: blocks of decoded instructions, cached by physical
+//! address and dropped when the guest writes to their page.
+
+use super::mmu::Access;
+use super::{flags, Cpu, Exc, R};
+use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind, Register};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Executes one decoded instruction.
+pub(crate) type Handler = fn(&mut Cpu, &Insn) -> R;
+
+/// A decoded instruction with what the interpreter precomputed for it.
+pub(crate) struct Insn {
+    /// The decoded instruction.
+    pub ins: Instruction,
+    /// Its semantics.
+    pub handler: Handler,
+    /// Operand size in bytes of the first explicit operand (0 if none).
+    pub osize: u8,
+    /// Address-size mask for memory operands (0xffff, 0xffff_ffff or all ones).
+    pub amask: u64,
+}
+
+const MAX_BLOCK: usize = 64;
+
+/// A straight-line run of instructions within one page.
+pub(crate) struct Block {
+    insns: Vec<Insn>,
+}
+
+type Key = (u64, u64, u32);
+
+/// Decoded blocks by (physical address, RIP, bitness).
+pub(crate) struct CodeCache {
+    map: HashMap<Key, Arc<Block>>,
+    pages: HashMap<u64, Vec<Key>>,
+    /// One bit per 4 KiB RAM page that holds cached code.
+    code_bits: Vec<u64>,
+}
+
+impl CodeCache {
+    pub(crate) fn new(ram_size: u64) -> Self {
+        CodeCache {
+            map: HashMap::new(),
+            pages: HashMap::new(),
+            code_bits: vec![0; (ram_size / 4096).div_ceil(64) as usize + 1],
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.map.clear();
+        self.pages.clear();
+        self.code_bits.fill(0);
+    }
+
+    #[inline(always)]
+    pub(crate) fn is_code_page(&self, page: u64) -> bool {
+        let n = (page >> 12) as usize;
+        self.code_bits
+            .get(n / 64)
+            .is_some_and(|w| w & (1 << (n % 64)) != 0)
+    }
+
+    fn mark_code_page(&mut self, page: u64) -> bool {
+        let n = (page >> 12) as usize;
+        match self.code_bits.get_mut(n / 64) {
+            Some(w) => {
+                let was = *w & (1 << (n % 64)) != 0;
+                *w |= 1 << (n % 64);
+                !was
+            }
+            None => false,
+        }
+    }
+
+    /// Drops every block decoded from `page`.
+    pub(crate) fn invalidate_page(&mut self, page: u64) {
+        if let Some(keys) = self.pages.remove(&page) {
+            for k in keys {
+                self.map.remove(&k);
+            }
+        }
+        let n = (page >> 12) as usize;
+        if let Some(w) = self.code_bits.get_mut(n / 64) {
+            *w &= !(1 << (n % 64));
+        }
+    }
+}
+
+/// Why [`Cpu::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuExit {
+    /// The instruction budget ran out.
+    Budget,
+    /// HLT with nothing to do.
+    Halted,
+    /// Triple fault: the machine must reset.
+    Shutdown,
+    /// [`Cpu::request_exit`] was called.
+    Requested,
+}
+
+fn mem_amask(ins: &Instruction, bitness: u32) -> u64 {
+    let reg = if ins.memory_base() != Register::None {
+        ins.memory_base()
+    } else {
+        ins.memory_index()
+    };
+    let size = if reg != Register::None {
+        match reg {
+            Register::RIP => 8,
+            Register::EIP => 4,
+            r => r.size(),
+        }
+    } else {
+        match ins.memory_displ_size() {
+            2 => 2,
+            4 if bitness != 64 => 4,
+            8 => 8,
+            _ => (bitness / 8) as usize,
+        }
+    };
+    match size {
+        2 => 0xffff,
+        4 => 0xffff_ffff,
+        _ => u64::MAX,
+    }
+}
+
+fn addr_mask(ins: &Instruction, bitness: u32) -> u64 {
+    for i in 0..ins.op_count() {
+        match ins.op_kind(i) {
+            OpKind::Memory => return mem_amask(ins, bitness),
+            OpKind::MemorySegSI | OpKind::MemorySegDI | OpKind::MemoryESDI => return 0xffff,
+            OpKind::MemorySegESI | OpKind::MemorySegEDI | OpKind::MemoryESEDI => {
+                return 0xffff_ffff
+            }
+            OpKind::MemorySegRSI | OpKind::MemorySegRDI | OpKind::MemoryESRDI => {
+                return u64::MAX
+            }
+            _ => {}
+        }
+    }
+    // No memory operand (LOOP, JCXZ use the address size too): iced reports it
+    // through the counter register for those, handled by their handlers.
+    match bitness {
+        16 => 0xffff,
+        32 => 0xffff_ffff,
+        _ => u64::MAX,
+    }
+}
+
+fn op_size(ins: &Instruction) -> u8 {
+    for i in 0..ins.op_count().min(2) {
+        match ins.op_kind(i) {
+            OpKind::Register => return ins.op_register(i).size() as u8,
+            OpKind::Memory => {
+                let s = ins.memory_size().size();
+                if s > 0 {
+                    return s.min(255) as u8;
+                }
+            }
+            _ => {}
+        }
+    }
+    0
+}
+
+fn lookup(ins: &Instruction) -> Handler {
+    if ins.code() == iced_x86::Code::INVALID {
+        return invalid;
+    }
+    super::ops_basic::lookup(ins)
+        .or_else(|| super::ops_ext::lookup(ins))
+        .or_else(|| super::system::lookup(ins))
+        .or_else(|| super::x87::lookup(ins))
+        .or_else(|| super::sse::lookup(ins))
+        .unwrap_or(unimplemented)
+}
+
+fn invalid(_cpu: &mut Cpu, _d: &Insn) -> R {
+    Err(Exc::UD)
+}
+
+fn unimplemented(cpu: &mut Cpu, d: &Insn) -> R {
+    Err(cpu.unimplemented(&d.ins))
+}
+
+fn make_insn(ins: Instruction, bitness: u32) -> Insn {
+    Insn {
+        handler: lookup(&ins),
+        osize: op_size(&ins),
+        amask: addr_mask(&ins, bitness),
+        ins,
+    }
+}
+
+impl Cpu {
+    /// Mask applied to the instruction pointer in the current mode.
+    #[inline(always)]
+    pub fn ip_mask(&self) -> u64 {
+        match self.bitness() {
+            64 => u64::MAX,
+            32 => 0xffff_ffff,
+            _ => 0xffff,
+        }
+    }
+
+    /// Finds or decodes the block at CS:RIP.
+    fn block(&mut self) -> R<Arc<Block>> {
+        let bitness = self.bitness();
+        let lin = self.lin(super::CS, self.rip);
+        let user = self.user();
+        let phys = self.translate(lin, Access::Exec, user)?;
+        let key = (phys, self.rip, bitness);
+        if let Some(b) = self.cache.map.get(&key) {
+            return Ok(b.clone());
+        }
+        let page = phys & !0xfff;
+        let avail = 0x1000 - (phys & 0xfff);
+        let in_ram = !self.space.mmio.overlaps(page, 0x1000);
+        let host = if in_ram {
+            self.space.ram.ptr(phys, avail)
+        } else {
+            None
+        };
+        let mut insns = Vec::new();
+        if let Some(host) = host {
+            // SAFETY: `ptr` checked that `avail` bytes from `phys` lie in RAM.
+            let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, avail as usize) };
+            let mut dec = Decoder::with_ip(bitness, bytes, self.rip, DecoderOptions::NONE);
+            let mut ins = Instruction::default();
+            while dec.can_decode() && insns.len() < MAX_BLOCK {
+                dec.decode_out(&mut ins);
+                if dec.last_error() == iced_x86::DecoderError::NoMoreBytes {
+                    break;
+                }
+                let ends = !matches!(ins.flow_control(), iced_x86::FlowControl::Next);
+                insns.push(make_insn(ins, bitness));
+                if ends {
+                    break;
+                }
+            }
+        }
+        if insns.is_empty() {
+            // Crosses a page boundary, or runs from a device: decode once,
+            // uncached.
+            let mut buf = [0u8; 15];
+            let mut n = 0;
+            let mut ins = Instruction::default();
+            for i in 0..15u64 {
+                let a = self.wrap_lin(lin.wrapping_add(i));
+                buf[i as usize] = self.read_lin(a, 1, Access::Exec, user)? as u8;
+                n += 1;
+                let mut dec = Decoder::with_ip(bitness, &buf[..n], self.rip, DecoderOptions::NONE);
+                dec.decode_out(&mut ins);
+                if dec.last_error() != iced_x86::DecoderError::NoMoreBytes {
+                    break;
+                }
+            }
+            return Ok(Arc::new(Block {
+                insns: vec![make_insn(ins, bitness)],
+            }));
+        }
+        let block = Arc::new(Block { insns });
+        if self.cache.mark_code_page(page) {
+            self.tlb.flush_phys_writes(page);
+        }
+        if self.cache.map.len() > 1 << 16 {
+            self.cache.clear();
+            self.tlb.flush_all();
+            self.cache.mark_code_page(page);
+        }
+        self.cache.map.insert(key, block.clone());
+        self.cache.pages.entry(page).or_default().push(key);
+        Ok(block)
+    }
+
+    /// Runs until `budget` instructions have retired, the CPU halts, a triple
+    /// fault, or an exit request.
+    pub fn run(&mut self, budget: u64) -> CpuExit {
+        let limit = self.icount.saturating_add(budget);
+        loop {
+            if self.shutdown {
+                return CpuExit::Shutdown;
+            }
+            if self.exit_request.swap(false, Ordering::AcqRel) {
+                return CpuExit::Requested;
+            }
+            if self.icount >= limit {
+                return CpuExit::Budget;
+            }
+            if self.irq_inhibit {
+                self.irq_inhibit = false;
+            } else if self.flags.sys(flags::IF) {
+                if let Some(ic) = &self.intc {
+                    if ic.has_interrupt() {
+                        if let Some(v) = ic.acknowledge() {
+                            self.halted = false;
+                            self.external_interrupt(v);
+                            continue;
+                        }
+                    }
+                }
+            }
+            if self.halted {
+                return CpuExit::Halted;
+            }
+            let block = match self.block() {
+                Ok(b) => b,
+                Err(e) => {
+                    self.raise(e);
+                    continue;
+                }
+            };
+            let ip_mask = self.ip_mask();
+            for d in block.insns.iter() {
+                self.rip = d.ins.next_ip() & ip_mask;
+                if let Err(e) = (d.handler)(self, d) {
+                    self.rip = d.ins.ip();
+                    self.raise(e);
+                    break;
+                }
+                self.icount += 1;
+                if self.stop_block || self.icount >= limit {
+                    self.stop_block = false;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Executes exactly one instruction (for tests and single-stepping).
+    pub fn step(&mut self) -> CpuExit {
+        self.run(1)
+    }
+}

@@ -1,0 +1,467 @@
+//! Linear-address translation: segmentation to linear (done by callers),
+//! paging (32-bit, PAE and 4-level; SDM vol. 3 ch. 4) and a software TLB of
+//! linear page → host pointer translations.
+
+use super::{cr0, cr4, efer, vec, Cpu, Exc, R};
+
+/// Kind of memory access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Data read.
+    Read = 0,
+    /// Data write.
+    Write = 1,
+    /// Instruction fetch.
+    Exec = 2,
+}
+
+const TLB_BITS: u32 = 10;
+const TLB_SIZE: usize = 1 << TLB_BITS;
+const INVALID: u64 = u64::MAX;
+
+#[derive(Clone, Copy)]
+pub(crate) struct TlbEntry {
+    /// Linear page address, or INVALID.
+    tag: u64,
+    /// host pointer = linear + addend.
+    addend: u64,
+    /// Physical page address.
+    phys: u64,
+    /// Global page (survives CR3 writes).
+    global: bool,
+}
+
+const EMPTY: TlbEntry = TlbEntry {
+    tag: INVALID,
+    addend: 0,
+    phys: 0,
+    global: false,
+};
+
+/// The software TLB: one direct-mapped table per (access kind, user/supervisor).
+pub(crate) struct Tlb {
+    e: Box<[[TlbEntry; TLB_SIZE]; 6]>,
+}
+
+impl Tlb {
+    pub(crate) fn new() -> Self {
+        Tlb {
+            e: Box::new([[EMPTY; TLB_SIZE]; 6]),
+        }
+    }
+
+    /// Drops every entry.
+    pub(crate) fn flush_all(&mut self) {
+        for t in self.e.iter_mut() {
+            t.fill(EMPTY);
+        }
+    }
+
+    /// Drops non-global entries (a CR3 write with CR4.PGE set).
+    pub(crate) fn flush_nonglobal(&mut self) {
+        for t in self.e.iter_mut() {
+            for e in t.iter_mut() {
+                if !e.global {
+                    *e = EMPTY;
+                }
+            }
+        }
+    }
+
+    /// Drops the entries for one linear page (INVLPG).
+    pub(crate) fn flush_page(&mut self, lin: u64) {
+        let idx = ((lin >> 12) as usize) & (TLB_SIZE - 1);
+        for t in self.e.iter_mut() {
+            if t[idx].tag == lin & !0xfff {
+                t[idx] = EMPTY;
+            }
+        }
+    }
+
+    /// Drops write entries that map physical page `phys` (it now holds code).
+    pub(crate) fn flush_phys_writes(&mut self, phys: u64) {
+        for t in self.e[2..4].iter_mut() {
+            for e in t.iter_mut() {
+                if e.tag != INVALID && e.phys == phys {
+                    *e = EMPTY;
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn slot(acc: Access, user: bool) -> usize {
+    (acc as usize) * 2 + user as usize
+}
+
+/// Page-fault error code bits (SDM vol. 3 §4.7).
+mod pf {
+    pub const P: u32 = 1;
+    pub const W: u32 = 2;
+    pub const U: u32 = 4;
+    pub const RSVD: u32 = 8;
+    pub const I: u32 = 16;
+}
+
+const PTE_P: u64 = 1;
+const PTE_W: u64 = 2;
+const PTE_U: u64 = 4;
+const PTE_A: u64 = 1 << 5;
+const PTE_D: u64 = 1 << 6;
+const PTE_PS: u64 = 1 << 7;
+const PTE_G: u64 = 1 << 8;
+const PTE_NX: u64 = 1 << 63;
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+struct Walk {
+    phys: u64,
+    global: bool,
+}
+
+impl Cpu {
+    /// True when paging is on.
+    #[inline(always)]
+    pub fn paging(&self) -> bool {
+        self.cr0 & cr0::PG != 0 && self.cr0 & cr0::PE != 0
+    }
+
+    fn page_fault(&mut self, lin: u64, code: u32) -> Exc {
+        self.cr2 = lin;
+        Exc {
+            vector: vec::PF,
+            code: Some(code),
+        }
+    }
+
+    fn read_pte(&self, addr: u64, wide: bool) -> u64 {
+        self.space.read_phys(addr, if wide { 8 } else { 4 })
+    }
+
+    /// Walks the page tables for `lin` (SDM vol. 3 §4.3–4.5), setting
+    /// accessed/dirty bits, and checks permissions.
+    fn walk(&mut self, lin: u64, acc: Access, user: bool) -> R<Walk> {
+        let write = acc == Access::Write;
+        let nxe = self.efer & efer::NXE != 0;
+        let wp = self.cr0 & cr0::WP != 0;
+        let mut code = if write { pf::W } else { 0 } | if user { pf::U } else { 0 };
+        if acc == Access::Exec && nxe && self.cr4 & cr4::PAE != 0 {
+            code |= pf::I;
+        }
+        // (entry address, entry value, wide) of each level, for A/D updates.
+        let mut chain: [(u64, u64, bool); 4] = [(0, 0, false); 4];
+        let mut depth = 0;
+        let mut allow_w = true;
+        let mut allow_u = true;
+        let mut nx = false;
+        let (phys, global, leaf_size);
+        if self.cr4 & cr4::PAE == 0 {
+            // 32-bit paging.
+            let lin32 = lin & 0xffff_ffff;
+            let pde_addr = (self.cr3 & 0xffff_f000) + ((lin32 >> 22) << 2);
+            let pde = self.read_pte(pde_addr, false);
+            if pde & PTE_P == 0 {
+                return Err(self.page_fault(lin, code));
+            }
+            chain[depth] = (pde_addr, pde, false);
+            depth += 1;
+            allow_w &= pde & PTE_W != 0;
+            allow_u &= pde & PTE_U != 0;
+            if pde & PTE_PS != 0 && self.cr4 & cr4::PSE != 0 {
+                // 4 MiB page; bits 13..20 hold physical address bits 32..39.
+                let base = (pde & 0xffc0_0000) | ((pde & 0x001f_e000) << 19);
+                phys = base | (lin32 & 0x3f_ffff);
+                global = pde & PTE_G != 0;
+                leaf_size = 22;
+            } else {
+                let pte_addr = (pde & 0xffff_f000) + (((lin32 >> 12) & 0x3ff) << 2);
+                let pte = self.read_pte(pte_addr, false);
+                if pte & PTE_P == 0 {
+                    return Err(self.page_fault(lin, code));
+                }
+                chain[depth] = (pte_addr, pte, false);
+                depth += 1;
+                allow_w &= pte & PTE_W != 0;
+                allow_u &= pte & PTE_U != 0;
+                phys = (pte & 0xffff_f000) | (lin32 & 0xfff);
+                global = pte & PTE_G != 0;
+                leaf_size = 12;
+            }
+        } else {
+            let long = self.long_mode();
+            let (mut table, levels) = if long {
+                (self.cr3 & ADDR_MASK, 4)
+            } else {
+                // PAE: the PDPTE selected by bits 30..31.
+                let pdpte_addr = (self.cr3 & 0xffff_ffe0) + (((lin >> 30) & 3) << 3);
+                let pdpte = self.read_pte(pdpte_addr, true);
+                if pdpte & PTE_P == 0 {
+                    return Err(self.page_fault(lin, code));
+                }
+                (pdpte & ADDR_MASK, 2)
+            };
+            let mut found = None;
+            for level in (0..levels).rev() {
+                let shift = 12 + 9 * level as u32;
+                let addr = table + (((lin >> shift) & 0x1ff) << 3);
+                let e = self.read_pte(addr, true);
+                if e & PTE_P == 0 {
+                    return Err(self.page_fault(lin, code));
+                }
+                if e & PTE_NX != 0 && !nxe {
+                    return Err(self.page_fault(lin, code | pf::P | pf::RSVD));
+                }
+                chain[depth] = (addr, e, true);
+                depth += 1;
+                allow_w &= e & PTE_W != 0;
+                allow_u &= e & PTE_U != 0;
+                nx |= e & PTE_NX != 0;
+                let is_leaf = level == 0 || (e & PTE_PS != 0 && level <= 2);
+                if is_leaf {
+                    if level == 2 && !long {
+                        return Err(self.page_fault(lin, code | pf::P | pf::RSVD));
+                    }
+                    let mask = (1u64 << shift) - 1;
+                    let base = if level == 0 {
+                        e & ADDR_MASK
+                    } else {
+                        e & ADDR_MASK & !mask
+                    };
+                    found = Some((base | (lin & mask), e & PTE_G != 0, shift));
+                    break;
+                }
+                table = e & ADDR_MASK;
+            }
+            let Some((p, g, s)) = found else {
+                return Err(self.page_fault(lin, code));
+            };
+            phys = p;
+            global = g;
+            leaf_size = s;
+        }
+        let _ = leaf_size;
+        // Permission checks (SDM vol. 3 §4.6).
+        let denied = (user && !allow_u)
+            || (write && !allow_w && (user || wp))
+            || (acc == Access::Exec && nx && nxe);
+        if denied {
+            return Err(self.page_fault(lin, code | pf::P));
+        }
+        // Accessed bits on every level, dirty on the leaf for writes.
+        for (i, &(addr, e, wide)) in chain[..depth].iter().enumerate() {
+            let leaf = i == depth - 1;
+            let mut ne = e | PTE_A;
+            if leaf && write {
+                ne |= PTE_D;
+            }
+            if ne != e {
+                self.space
+                    .write_phys(addr, if wide { 8 } else { 4 }, ne & if wide { u64::MAX } else { 0xffff_ffff });
+            }
+        }
+        Ok(Walk {
+            phys,
+            global: global && self.cr4 & cr4::PGE != 0,
+        })
+    }
+
+    /// Translates linear `lin` to physical, filling the TLB.
+    pub fn translate(&mut self, lin: u64, acc: Access, user: bool) -> R<u64> {
+        let (phys, global) = if self.paging() {
+            let w = self.walk(lin, acc, user)?;
+            (w.phys, w.global)
+        } else {
+            (lin & 0xffff_ffff, false)
+        };
+        let page = phys & !0xfff;
+        let cacheable = !(acc == Access::Write && self.cache.is_code_page(page))
+            && !self.space.mmio.overlaps(page, 0x1000);
+        if cacheable {
+            if let Some(host) = self.space.ram.ptr(page, 0x1000) {
+                let idx = ((lin >> 12) as usize) & (TLB_SIZE - 1);
+                self.tlb.e[slot(acc, user)][idx] = TlbEntry {
+                    tag: lin & !0xfff,
+                    addend: (host as u64).wrapping_sub(lin & !0xfff),
+                    phys: page,
+                    global,
+                };
+            }
+        }
+        Ok(phys)
+    }
+
+    /// Host pointer for an access of `size` bytes at `lin` that hits the TLB
+    /// and stays within one page.
+    #[inline(always)]
+    fn tlb_hit(&self, lin: u64, size: u64, acc: Access, user: bool) -> Option<*mut u8> {
+        let idx = ((lin >> 12) as usize) & (TLB_SIZE - 1);
+        let e = &self.tlb.e[slot(acc, user)][idx];
+        if e.tag == lin & !0xfff && (lin & 0xfff) + size <= 0x1000 {
+            Some(lin.wrapping_add(e.addend) as *mut u8)
+        } else {
+            None
+        }
+    }
+
+    /// Reads `size` (1, 2, 4, 8) bytes at linear `lin`.
+    #[inline(always)]
+    pub fn read_lin(&mut self, lin: u64, size: u8, acc: Access, user: bool) -> R<u64> {
+        if let Some(p) = self.tlb_hit(lin, size as u64, acc, user) {
+            // SAFETY: a TLB hit points into guest RAM with `size` bytes left in
+            // the page; unaligned reads are fine on x86 hosts.
+            unsafe {
+                return Ok(match size {
+                    1 => *p as u64,
+                    2 => (p as *const u16).read_unaligned() as u64,
+                    4 => (p as *const u32).read_unaligned() as u64,
+                    _ => (p as *const u64).read_unaligned(),
+                });
+            }
+        }
+        self.read_lin_slow(lin, size, acc, user)
+    }
+
+    #[inline(never)]
+    fn read_lin_slow(&mut self, lin: u64, size: u8, acc: Access, user: bool) -> R<u64> {
+        let size = size.min(8);
+        let first = 0x1000 - (lin & 0xfff);
+        if (size as u64) <= first {
+            let pa = self.translate(lin, acc, user)?;
+            return Ok(self.space.read_phys(pa, size as usize));
+        }
+        // Crosses a page: translate both pages before reading either.
+        let pa0 = self.translate(lin, acc, user)?;
+        let lin1 = lin.wrapping_add(first);
+        let pa1 = self.translate(self.wrap_lin(lin1), acc, user)?;
+        let mut v = 0u64;
+        for i in 0..size as u64 {
+            let pa = if i < first { pa0 + i } else { pa1 + (i - first) };
+            v |= self.space.read_phys(pa, 1) << (8 * i);
+        }
+        Ok(v)
+    }
+
+    /// Writes the low `size` bytes of `v` at linear `lin`.
+    #[inline(always)]
+    pub fn write_lin(&mut self, lin: u64, size: u8, v: u64, user: bool) -> R {
+        if let Some(p) = self.tlb_hit(lin, size as u64, Access::Write, user) {
+            // SAFETY: as in `read_lin`; write entries never map code pages.
+            unsafe {
+                match size {
+                    1 => *p = v as u8,
+                    2 => (p as *mut u16).write_unaligned(v as u16),
+                    4 => (p as *mut u32).write_unaligned(v as u32),
+                    _ => (p as *mut u64).write_unaligned(v),
+                }
+            }
+            return Ok(());
+        }
+        self.write_lin_slow(lin, size, v, user)
+    }
+
+    #[inline(never)]
+    fn write_lin_slow(&mut self, lin: u64, size: u8, v: u64, user: bool) -> R {
+        let size = size.min(8);
+        let first = 0x1000 - (lin & 0xfff);
+        if (size as u64) <= first {
+            let pa = self.translate(lin, Access::Write, user)?;
+            self.note_code_write(pa);
+            self.space.write_phys(pa, size as usize, v);
+            return Ok(());
+        }
+        let pa0 = self.translate(lin, Access::Write, user)?;
+        let lin1 = lin.wrapping_add(first);
+        let pa1 = self.translate(self.wrap_lin(lin1), Access::Write, user)?;
+        self.note_code_write(pa0);
+        self.note_code_write(pa1);
+        for i in 0..size as u64 {
+            let pa = if i < first { pa0 + i } else { pa1 + (i - first) };
+            self.space.write_phys(pa, 1, (v >> (8 * i)) & 0xff);
+        }
+        Ok(())
+    }
+
+    /// Invalidates cached code on the page of `pa` if it holds any.
+    #[inline]
+    pub(crate) fn note_code_write(&mut self, pa: u64) {
+        let page = pa & !0xfff;
+        if self.cache.is_code_page(page) {
+            self.cache.invalidate_page(page);
+            self.stop_block = true;
+        }
+    }
+
+    /// Truncates a linear address outside 64-bit mode.
+    #[inline(always)]
+    pub fn wrap_lin(&self, lin: u64) -> u64 {
+        if self.long_mode() {
+            lin
+        } else {
+            lin & 0xffff_ffff
+        }
+    }
+
+    /// Linear address of `seg:off`.
+    #[inline(always)]
+    pub fn lin(&self, seg: usize, off: u64) -> u64 {
+        if self.mode64() {
+            if seg >= super::FS {
+                self.seg[seg].base.wrapping_add(off)
+            } else {
+                off
+            }
+        } else {
+            self.seg[seg].base.wrapping_add(off) & 0xffff_ffff
+        }
+    }
+
+    /// True for accesses checked as user-mode (CPL 3).
+    #[inline(always)]
+    pub fn user(&self) -> bool {
+        self.cpl == 3
+    }
+
+    /// Reads `size` bytes at `seg:off` with the current privilege.
+    #[inline(always)]
+    pub fn read_mem(&mut self, seg: usize, off: u64, size: u8) -> R<u64> {
+        let lin = self.lin(seg, off);
+        let user = self.user();
+        self.read_lin(lin, size, Access::Read, user)
+    }
+
+    /// Writes `size` bytes at `seg:off` with the current privilege.
+    #[inline(always)]
+    pub fn write_mem(&mut self, seg: usize, off: u64, size: u8, v: u64) -> R {
+        let lin = self.lin(seg, off);
+        let user = self.user();
+        self.write_lin(lin, size, v, user)
+    }
+
+    /// Supervisor-mode (implicit) read at linear `lin`: descriptor tables, TSS.
+    pub fn read_sys(&mut self, lin: u64, size: u8) -> R<u64> {
+        self.read_lin(lin, size, Access::Read, false)
+    }
+
+    /// Supervisor-mode (implicit) write at linear `lin`.
+    pub fn write_sys(&mut self, lin: u64, size: u8, v: u64) -> R {
+        self.write_lin(lin, size, v, false)
+    }
+
+    /// Reads `buf.len()` bytes at linear `lin` (any alignment).
+    pub fn read_lin_bytes(&mut self, lin: u64, buf: &mut [u8], acc: Access) -> R {
+        let user = self.user();
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = self.read_lin(self.wrap_lin(lin.wrapping_add(i as u64)), 1, acc, user)? as u8;
+        }
+        Ok(())
+    }
+
+    /// Flushes the TLB after CR0/CR3/CR4 changes (SDM vol. 3 §4.10.4).
+    pub fn flush_tlb(&mut self, keep_global: bool) {
+        if keep_global && self.cr4 & cr4::PGE != 0 {
+            self.tlb.flush_nonglobal();
+        } else {
+            self.tlb.flush_all();
+        }
+    }
+}

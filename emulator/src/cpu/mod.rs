@@ -1,0 +1,588 @@
+//! The software x86 CPU: an interpreter over `iced-x86`-decoded blocks.
+//!
+//! Decoded blocks are cached by physical address and invalidated when the
+//! guest writes to a page holding code; a software TLB caches linear→host
+//! translations; arithmetic flags are computed lazily ([`flags`]).
+//!
+//! Instruction semantics follow the Intel SDM vol. 2; system behaviour
+//! (modes, paging, interrupts) vol. 3.
+
+pub mod flags;
+pub mod mmu;
+
+mod exec;
+mod operand;
+mod ops_basic;
+mod ops_ext;
+mod sse;
+mod system;
+mod x87;
+
+pub use exec::CpuExit;
+pub use x87::X87;
+
+use crate::bus::AddressSpace;
+use flags::Flags;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Segment register indices, in the order of the x86 encoding.
+pub const ES: usize = 0;
+/// CS index.
+pub const CS: usize = 1;
+/// SS index.
+pub const SS: usize = 2;
+/// DS index.
+pub const DS: usize = 3;
+/// FS index.
+pub const FS: usize = 4;
+/// GS index.
+pub const GS: usize = 5;
+
+/// General-purpose register indices.
+pub mod reg {
+    /// RAX.
+    pub const RAX: usize = 0;
+    /// RCX.
+    pub const RCX: usize = 1;
+    /// RDX.
+    pub const RDX: usize = 2;
+    /// RBX.
+    pub const RBX: usize = 3;
+    /// RSP.
+    pub const RSP: usize = 4;
+    /// RBP.
+    pub const RBP: usize = 5;
+    /// RSI.
+    pub const RSI: usize = 6;
+    /// RDI.
+    pub const RDI: usize = 7;
+}
+
+/// CR0 bits (SDM vol. 3 §2.5).
+pub mod cr0 {
+    /// Protection enable.
+    pub const PE: u64 = 1 << 0;
+    /// Monitor coprocessor.
+    pub const MP: u64 = 1 << 1;
+    /// x87 emulation.
+    pub const EM: u64 = 1 << 2;
+    /// Task switched.
+    pub const TS: u64 = 1 << 3;
+    /// Extension type.
+    pub const ET: u64 = 1 << 4;
+    /// Numeric error.
+    pub const NE: u64 = 1 << 5;
+    /// Write protect.
+    pub const WP: u64 = 1 << 16;
+    /// Alignment mask.
+    pub const AM: u64 = 1 << 18;
+    /// Not write-through.
+    pub const NW: u64 = 1 << 29;
+    /// Cache disable.
+    pub const CD: u64 = 1 << 30;
+    /// Paging.
+    pub const PG: u64 = 1 << 31;
+}
+
+/// CR4 bits (SDM vol. 3 §2.5).
+pub mod cr4 {
+    /// Virtual-8086 mode extensions.
+    pub const VME: u64 = 1 << 0;
+    /// Protected-mode virtual interrupts.
+    pub const PVI: u64 = 1 << 1;
+    /// Time stamp disable.
+    pub const TSD: u64 = 1 << 2;
+    /// Debugging extensions.
+    pub const DE: u64 = 1 << 3;
+    /// Page size extensions.
+    pub const PSE: u64 = 1 << 4;
+    /// Physical address extension.
+    pub const PAE: u64 = 1 << 5;
+    /// Machine check enable.
+    pub const MCE: u64 = 1 << 6;
+    /// Page global enable.
+    pub const PGE: u64 = 1 << 7;
+    /// Performance counter enable.
+    pub const PCE: u64 = 1 << 8;
+    /// FXSAVE/FXRSTOR and SSE enabled.
+    pub const OSFXSR: u64 = 1 << 9;
+    /// Unmasked SIMD FP exceptions.
+    pub const OSXMMEXCPT: u64 = 1 << 10;
+}
+
+/// EFER bits (SDM vol. 3 §2.2.1).
+pub mod efer {
+    /// SYSCALL enable.
+    pub const SCE: u64 = 1 << 0;
+    /// Long mode enable.
+    pub const LME: u64 = 1 << 8;
+    /// Long mode active.
+    pub const LMA: u64 = 1 << 10;
+    /// No-execute enable.
+    pub const NXE: u64 = 1 << 11;
+}
+
+/// Descriptor attribute bits as kept in [`Segment::attr`] (the layout of the
+/// VMX access-rights field: descriptor bits 40–47 then 52–55).
+pub mod attr {
+    /// Accessed (data/code) or busy (TSS) bit.
+    pub const ACCESSED: u16 = 1 << 0;
+    /// Type field.
+    pub const TYPE: u16 = 0xf;
+    /// Code/data (1) or system (0) descriptor.
+    pub const S: u16 = 1 << 4;
+    /// Present.
+    pub const P: u16 = 1 << 7;
+    /// 64-bit code segment.
+    pub const L: u16 = 1 << 13;
+    /// Default operation size (D/B).
+    pub const DB: u16 = 1 << 14;
+    /// Granularity.
+    pub const G: u16 = 1 << 15;
+    /// Code segment type bit.
+    pub const CODE: u16 = 1 << 3;
+    /// Descriptor privilege level of attributes `a`.
+    pub fn dpl(a: u16) -> u8 {
+        ((a >> 5) & 3) as u8
+    }
+}
+
+/// A segment register with its hidden descriptor cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Segment {
+    /// Visible selector.
+    pub selector: u16,
+    /// Base address.
+    pub base: u64,
+    /// Limit in bytes (granularity already applied).
+    pub limit: u32,
+    /// Attributes ([`attr`]).
+    pub attr: u16,
+}
+
+impl Segment {
+    /// A real-mode segment for `selector` (base = selector × 16, 64 KiB limit).
+    pub fn real(selector: u16) -> Self {
+        Segment {
+            selector,
+            base: (selector as u64) << 4,
+            limit: 0xffff,
+            attr: attr::P | attr::S | 0x3,
+        }
+    }
+    /// A flat 4 GiB ring-0 segment (code if `code`) with D/B set.
+    pub fn flat32(selector: u16, code: bool) -> Self {
+        Segment {
+            selector,
+            base: 0,
+            limit: 0xffff_ffff,
+            attr: attr::P | attr::S | attr::G | attr::DB | if code { 0xb } else { 0x3 },
+        }
+    }
+}
+
+/// GDTR/IDTR.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DescriptorTable {
+    /// Linear base.
+    pub base: u64,
+    /// Limit in bytes.
+    pub limit: u16,
+}
+
+/// An exception raised by an instruction (vector and optional error code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exc {
+    /// Vector number.
+    pub vector: u8,
+    /// Error code pushed by the exception, if it has one.
+    pub code: Option<u32>,
+}
+
+/// Exception vectors (SDM vol. 3 §6.3.1).
+pub mod vec {
+    /// Divide error.
+    pub const DE: u8 = 0;
+    /// Debug.
+    pub const DB: u8 = 1;
+    /// Non-maskable interrupt.
+    pub const NMI: u8 = 2;
+    /// Breakpoint.
+    pub const BP: u8 = 3;
+    /// Overflow.
+    pub const OF: u8 = 4;
+    /// BOUND range exceeded.
+    pub const BR: u8 = 5;
+    /// Invalid opcode.
+    pub const UD: u8 = 6;
+    /// Device not available.
+    pub const NM: u8 = 7;
+    /// Double fault.
+    pub const DF: u8 = 8;
+    /// Invalid TSS.
+    pub const TS: u8 = 10;
+    /// Segment not present.
+    pub const NP: u8 = 11;
+    /// Stack-segment fault.
+    pub const SS: u8 = 12;
+    /// General protection.
+    pub const GP: u8 = 13;
+    /// Page fault.
+    pub const PF: u8 = 14;
+    /// x87 floating-point error.
+    pub const MF: u8 = 16;
+    /// Alignment check.
+    pub const AC: u8 = 17;
+    /// Machine check.
+    pub const MC: u8 = 18;
+    /// SIMD floating-point exception.
+    pub const XM: u8 = 19;
+}
+
+impl Exc {
+    /// #UD.
+    pub const UD: Exc = Exc {
+        vector: vec::UD,
+        code: None,
+    };
+    /// #DE.
+    pub const DE: Exc = Exc {
+        vector: vec::DE,
+        code: None,
+    };
+    /// #NM.
+    pub const NM: Exc = Exc {
+        vector: vec::NM,
+        code: None,
+    };
+    /// #GP(code).
+    pub fn gp(code: u32) -> Exc {
+        Exc {
+            vector: vec::GP,
+            code: Some(code),
+        }
+    }
+    /// #SS(code).
+    pub fn ss(code: u32) -> Exc {
+        Exc {
+            vector: vec::SS,
+            code: Some(code),
+        }
+    }
+    /// #NP(code).
+    pub fn np(code: u32) -> Exc {
+        Exc {
+            vector: vec::NP,
+            code: Some(code),
+        }
+    }
+    /// #TS(code).
+    pub fn ts(code: u32) -> Exc {
+        Exc {
+            vector: vec::TS,
+            code: Some(code),
+        }
+    }
+}
+
+/// Result of executing an instruction.
+pub type R<T = ()> = Result<T, Exc>;
+
+/// Model-specific registers the CPU keeps (SDM vol. 4).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Msrs {
+    /// IA32_STAR.
+    pub star: u64,
+    /// IA32_LSTAR.
+    pub lstar: u64,
+    /// IA32_CSTAR.
+    pub cstar: u64,
+    /// IA32_FMASK.
+    pub sfmask: u64,
+    /// IA32_KERNEL_GS_BASE.
+    pub kernel_gs_base: u64,
+    /// IA32_SYSENTER_CS.
+    pub sysenter_cs: u64,
+    /// IA32_SYSENTER_ESP.
+    pub sysenter_esp: u64,
+    /// IA32_SYSENTER_EIP.
+    pub sysenter_eip: u64,
+    /// IA32_APIC_BASE.
+    pub apic_base: u64,
+    /// IA32_PAT.
+    pub pat: u64,
+    /// IA32_TSC_AUX.
+    pub tsc_aux: u64,
+    /// IA32_MISC_ENABLE.
+    pub misc_enable: u64,
+    /// IA32_MTRR_DEF_TYPE.
+    pub mtrr_def_type: u64,
+    /// Fixed-range MTRRs (11 registers).
+    pub mtrr_fixed: [u64; 11],
+    /// Variable-range MTRR base/mask pairs (8).
+    pub mtrr_var: [u64; 16],
+    /// TSC offset: guest TSC = host-derived count + this.
+    pub tsc_offset: u64,
+}
+
+/// Source of external interrupts (the PIC or, later, the local APIC).
+pub trait InterruptController: Send + Sync {
+    /// True when the controller asserts INTR.
+    fn has_interrupt(&self) -> bool;
+    /// The INTA cycle: returns the vector, or `None` if the request vanished.
+    fn acknowledge(&self) -> Option<u8>;
+}
+
+/// The software CPU.
+pub struct Cpu {
+    /// RAX..R15.
+    pub gpr: [u64; 16],
+    /// Instruction pointer.
+    pub rip: u64,
+    /// RFLAGS.
+    pub flags: Flags,
+    /// ES, CS, SS, DS, FS, GS.
+    pub seg: [Segment; 6],
+    /// LDTR.
+    pub ldtr: Segment,
+    /// Task register.
+    pub tr: Segment,
+    /// GDTR.
+    pub gdtr: DescriptorTable,
+    /// IDTR.
+    pub idtr: DescriptorTable,
+    /// CR0.
+    pub cr0: u64,
+    /// CR2 (page-fault linear address).
+    pub cr2: u64,
+    /// CR3.
+    pub cr3: u64,
+    /// CR4.
+    pub cr4: u64,
+    /// CR8 (task priority).
+    pub cr8: u64,
+    /// EFER.
+    pub efer: u64,
+    /// DR0–DR7.
+    pub dr: [u64; 8],
+    /// Other MSRs.
+    pub msr: Msrs,
+    /// Current privilege level.
+    pub cpl: u8,
+    /// x87/MMX state.
+    pub x87: X87,
+    /// XMM0–XMM15.
+    pub xmm: [u128; 16],
+    /// MXCSR.
+    pub mxcsr: u32,
+    /// Waiting for an interrupt after HLT.
+    pub halted: bool,
+    /// Guest instructions retired.
+    pub icount: u64,
+    /// Set from another thread to make [`Cpu::run`] return soon.
+    pub exit_request: Arc<AtomicBool>,
+    /// Interrupts are inhibited for one instruction (after STI, MOV SS).
+    pub(crate) irq_inhibit: bool,
+    /// Stop executing the current block after this instruction.
+    pub(crate) stop_block: bool,
+    /// A triple fault happened.
+    pub(crate) shutdown: bool,
+    /// Exception being delivered (for double/triple fault detection).
+    pub(crate) delivering: Option<u8>,
+    pub(crate) tlb: mmu::Tlb,
+    pub(crate) cache: exec::CodeCache,
+    pub(crate) space: Arc<AddressSpace>,
+    pub(crate) intc: Option<Arc<dyn InterruptController>>,
+    pub(crate) tsc_start: std::time::Instant,
+    /// The most recent exception raised (for tests and diagnostics).
+    pub last_exception: Option<Exc>,
+    /// Vectors logged as unimplemented (each logged once).
+    pub(crate) logged_ud: std::collections::HashSet<u32>,
+}
+
+impl Cpu {
+    /// A CPU in the state after RESET (SDM vol. 3 §9.1.1), executing from
+    /// `space`.
+    pub fn new(space: Arc<AddressSpace>) -> Self {
+        let mut cpu = Cpu {
+            gpr: [0; 16],
+            rip: 0,
+            flags: Flags::default(),
+            seg: [Segment::default(); 6],
+            ldtr: Segment::default(),
+            tr: Segment::default(),
+            gdtr: DescriptorTable::default(),
+            idtr: DescriptorTable::default(),
+            cr0: 0,
+            cr2: 0,
+            cr3: 0,
+            cr4: 0,
+            cr8: 0,
+            efer: 0,
+            dr: [0; 8],
+            msr: Msrs::default(),
+            cpl: 0,
+            x87: X87::default(),
+            xmm: [0; 16],
+            mxcsr: 0x1f80,
+            halted: false,
+            icount: 0,
+            exit_request: Arc::new(AtomicBool::new(false)),
+            irq_inhibit: false,
+            stop_block: false,
+            shutdown: false,
+            delivering: None,
+            tlb: mmu::Tlb::new(),
+            cache: exec::CodeCache::new(space.ram.size()),
+            space,
+            intc: None,
+            tsc_start: std::time::Instant::now(),
+            logged_ud: Default::default(),
+            last_exception: None,
+        };
+        cpu.reset();
+        cpu
+    }
+
+    /// Puts the CPU in its power-on state: real mode at F000:FFF0.
+    pub fn reset(&mut self) {
+        self.gpr = [0; 16];
+        self.gpr[reg::RDX] = 0x600; // family 6
+        self.rip = 0xfff0;
+        self.flags = Flags::default();
+        for s in self.seg.iter_mut() {
+            *s = Segment::real(0);
+            s.attr = attr::P | attr::S | 0x3;
+        }
+        self.seg[CS] = Segment {
+            selector: 0xf000,
+            base: 0xffff_0000,
+            limit: 0xffff,
+            attr: attr::P | attr::S | 0xb,
+        };
+        self.ldtr = Segment {
+            attr: attr::P | 0x2,
+            limit: 0xffff,
+            ..Default::default()
+        };
+        self.tr = Segment {
+            attr: attr::P | 0xb,
+            limit: 0xffff,
+            ..Default::default()
+        };
+        self.gdtr = DescriptorTable {
+            base: 0,
+            limit: 0xffff,
+        };
+        self.idtr = self.gdtr;
+        self.cr0 = cr0::ET | cr0::CD | cr0::NW;
+        self.cr2 = 0;
+        self.cr3 = 0;
+        self.cr4 = 0;
+        self.cr8 = 0;
+        self.efer = 0;
+        self.dr = [0; 8];
+        self.dr[6] = 0xffff_0ff0;
+        self.dr[7] = 0x400;
+        self.msr = Msrs {
+            apic_base: 0xfee0_0900,
+            pat: 0x0007_0406_0007_0406,
+            ..Default::default()
+        };
+        self.cpl = 0;
+        self.x87 = X87::default();
+        self.xmm = [0; 16];
+        self.mxcsr = 0x1f80;
+        self.halted = false;
+        self.irq_inhibit = false;
+        self.stop_block = false;
+        self.shutdown = false;
+        self.delivering = None;
+        self.tlb.flush_all();
+        self.cache.clear();
+    }
+
+    /// Connects the source of external interrupts.
+    pub fn set_interrupt_controller(&mut self, intc: Arc<dyn InterruptController>) {
+        self.intc = Some(intc);
+    }
+
+    /// The guest memory and buses this CPU runs against.
+    pub fn space(&self) -> &Arc<AddressSpace> {
+        &self.space
+    }
+
+    /// Asks [`Cpu::run`] to return at the next block boundary (any thread).
+    pub fn request_exit(&self) {
+        self.exit_request.store(true, Ordering::Release);
+    }
+
+    /// True in IA-32e mode (EFER.LMA).
+    #[inline(always)]
+    pub fn long_mode(&self) -> bool {
+        self.efer & efer::LMA != 0
+    }
+
+    /// True when executing 64-bit code.
+    #[inline(always)]
+    pub fn mode64(&self) -> bool {
+        self.long_mode() && self.seg[CS].attr & attr::L != 0
+    }
+
+    /// True in protected mode (CR0.PE).
+    #[inline(always)]
+    pub fn protected(&self) -> bool {
+        self.cr0 & cr0::PE != 0
+    }
+
+    /// True in virtual-8086 mode.
+    #[inline(always)]
+    pub fn v86(&self) -> bool {
+        self.protected() && self.flags.sys(flags::VM)
+    }
+
+    /// Code size in bits: 16, 32 or 64.
+    #[inline(always)]
+    pub fn bitness(&self) -> u32 {
+        if self.mode64() {
+            64
+        } else if self.seg[CS].attr & attr::DB != 0 && !self.v86() {
+            32
+        } else {
+            16
+        }
+    }
+
+    /// Stack address size in bytes (2, 4 or 8).
+    #[inline(always)]
+    pub fn stack_size(&self) -> u8 {
+        if self.mode64() {
+            8
+        } else if self.seg[SS].attr & attr::DB != 0 && !self.v86() {
+            4
+        } else {
+            2
+        }
+    }
+
+    /// The time-stamp counter.
+    pub fn tsc(&self) -> u64 {
+        // A fixed nominal 1 GHz rate derived from host time.
+        (self.tsc_start.elapsed().as_nanos() as u64).wrapping_add(self.msr.tsc_offset)
+    }
+
+    /// Logs an unimplemented instruction once per opcode and returns #UD.
+    pub(crate) fn unimplemented(&mut self, ins: &iced_x86::Instruction) -> Exc {
+        let key = ins.code() as u32;
+        if self.logged_ud.insert(key) {
+            tracing::warn!(
+                "unimplemented instruction {:?} ({}) at {:#x}: raising #UD",
+                ins.code(),
+                ins,
+                ins.ip()
+            );
+        }
+        Exc::UD
+    }
+}

@@ -1,0 +1,180 @@
+//! Operand access: registers by `iced_x86::Register`, effective addresses,
+//! and reads/writes of an instruction's operands.
+
+use super::exec::Insn;
+use super::{Cpu, Exc, R};
+use iced_x86::{OpKind, Register};
+
+/// Where an operand lives once its address is computed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Loc {
+    /// A register.
+    Reg(Register),
+    /// Memory at segment index and offset.
+    Mem(usize, u64),
+}
+
+/// Segment index of an iced segment register (ES=0 … GS=5).
+#[inline(always)]
+pub(crate) fn seg_index(r: Register) -> usize {
+    (r as usize).wrapping_sub(Register::ES as usize).min(5)
+}
+
+impl Cpu {
+    /// Reads a general-purpose or segment register (zero-extended).
+    #[inline(always)]
+    pub(crate) fn get_reg(&self, r: Register) -> u64 {
+        let n = r as usize;
+        match n {
+            1..=4 => self.gpr[n - 1] & 0xff,
+            5..=8 => (self.gpr[n - 5] >> 8) & 0xff,
+            9..=20 => self.gpr[n - 5] & 0xff,
+            21..=36 => self.gpr[n - 21] & 0xffff,
+            37..=52 => self.gpr[n - 37] & 0xffff_ffff,
+            53..=68 => self.gpr[n - 53],
+            69 | 70 => self.rip,
+            71..=76 => self.seg[n - 71].selector as u64,
+            _ => 0,
+        }
+    }
+
+    /// Writes a general-purpose register with x86 semantics (32-bit writes
+    /// zero the upper half; 8/16-bit writes merge).
+    #[inline(always)]
+    pub(crate) fn set_reg(&mut self, r: Register, v: u64) {
+        let n = r as usize;
+        match n {
+            1..=4 => self.gpr[n - 1] = (self.gpr[n - 1] & !0xff) | (v & 0xff),
+            5..=8 => self.gpr[n - 5] = (self.gpr[n - 5] & !0xff00) | ((v & 0xff) << 8),
+            9..=20 => self.gpr[n - 5] = (self.gpr[n - 5] & !0xff) | (v & 0xff),
+            21..=36 => self.gpr[n - 21] = (self.gpr[n - 21] & !0xffff) | (v & 0xffff),
+            37..=52 => self.gpr[n - 37] = v & 0xffff_ffff,
+            53..=68 => self.gpr[n - 53] = v,
+            _ => {}
+        }
+    }
+
+    /// Writes the low `size` bytes of GPR `idx` with x86 merge semantics.
+    #[inline(always)]
+    pub(crate) fn set_gpr_sized(&mut self, idx: usize, size: u8, v: u64) {
+        match size {
+            1 => self.gpr[idx] = (self.gpr[idx] & !0xff) | (v & 0xff),
+            2 => self.gpr[idx] = (self.gpr[idx] & !0xffff) | (v & 0xffff),
+            4 => self.gpr[idx] = v & 0xffff_ffff,
+            _ => self.gpr[idx] = v,
+        }
+    }
+
+    /// Effective address (offset within the segment) of the memory operand.
+    #[inline(always)]
+    pub(crate) fn ea(&self, d: &Insn) -> u64 {
+        let ins = &d.ins;
+        let mut a = ins.memory_displacement64();
+        let base = ins.memory_base();
+        if base != Register::None && base != Register::RIP && base != Register::EIP {
+            a = a.wrapping_add(self.get_reg(base));
+        }
+        let index = ins.memory_index();
+        if index != Register::None {
+            a = a.wrapping_add(self.get_reg(index) << ins.memory_index_scale().trailing_zeros());
+        }
+        a & d.amask
+    }
+
+    /// Segment index used by the memory operand.
+    #[inline(always)]
+    pub(crate) fn mem_seg(&self, d: &Insn) -> usize {
+        seg_index(d.ins.memory_segment())
+    }
+
+    /// Location of operand `i` (register or memory).
+    #[inline(always)]
+    pub(crate) fn loc(&self, d: &Insn, i: u32) -> Loc {
+        match d.ins.op_kind(i) {
+            OpKind::Register => Loc::Reg(d.ins.op_register(i)),
+            _ => Loc::Mem(self.mem_seg(d), self.ea(d)),
+        }
+    }
+
+    /// Reads `size` bytes from a location.
+    #[inline(always)]
+    pub(crate) fn read_loc(&mut self, l: Loc, size: u8) -> R<u64> {
+        match l {
+            Loc::Reg(r) => Ok(self.get_reg(r)),
+            Loc::Mem(s, off) => self.read_mem(s, off, size),
+        }
+    }
+
+    /// Writes `size` bytes to a location.
+    #[inline(always)]
+    pub(crate) fn write_loc(&mut self, l: Loc, size: u8, v: u64) -> R {
+        match l {
+            Loc::Reg(r) => {
+                self.set_reg(r, v);
+                Ok(())
+            }
+            Loc::Mem(s, off) => self.write_mem(s, off, size, v),
+        }
+    }
+
+    /// Value of operand `i`: register, memory (of `size` bytes) or immediate
+    /// (sign-extended as encoded, masked to `size`).
+    #[inline(always)]
+    pub(crate) fn rd(&mut self, d: &Insn, i: u32, size: u8) -> R<u64> {
+        match d.ins.op_kind(i) {
+            OpKind::Register => Ok(self.get_reg(d.ins.op_register(i))),
+            OpKind::Memory => {
+                let (s, off) = (self.mem_seg(d), self.ea(d));
+                self.read_mem(s, off, size)
+            }
+            OpKind::Immediate8
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate64
+            | OpKind::Immediate8to16
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64
+            | OpKind::Immediate8_2nd => Ok(d.ins.immediate(i) & super::flags::size_mask(size)),
+            _ => Err(Exc::UD),
+        }
+    }
+
+    /// Writes operand `i`.
+    #[inline(always)]
+    pub(crate) fn wr(&mut self, d: &Insn, i: u32, size: u8, v: u64) -> R {
+        let l = self.loc(d, i);
+        self.write_loc(l, size, v)
+    }
+
+    /// Pushes `size` bytes on the stack (SDM vol. 1 §6.2).
+    #[inline]
+    pub(crate) fn push(&mut self, size: u8, v: u64) -> R {
+        let ss = self.stack_size();
+        let sp = self.gpr[super::reg::RSP];
+        let new = sp.wrapping_sub(size as u64);
+        let mask = super::flags::size_mask(ss);
+        self.write_mem(super::SS, new & mask, size, v)?;
+        self.set_gpr_sized(super::reg::RSP, ss, new);
+        Ok(())
+    }
+
+    /// Pops `size` bytes from the stack.
+    #[inline]
+    pub(crate) fn pop(&mut self, size: u8) -> R<u64> {
+        let ss = self.stack_size();
+        let sp = self.gpr[super::reg::RSP];
+        let mask = super::flags::size_mask(ss);
+        let v = self.read_mem(super::SS, sp & mask, size)?;
+        self.set_gpr_sized(super::reg::RSP, ss, sp.wrapping_add(size as u64));
+        Ok(v)
+    }
+
+    /// Reads from the stack at `offset` bytes above the stack pointer,
+    /// without popping.
+    pub(crate) fn peek(&mut self, offset: u64, size: u8) -> R<u64> {
+        let mask = super::flags::size_mask(self.stack_size());
+        let sp = self.gpr[super::reg::RSP].wrapping_add(offset) & mask;
+        self.read_mem(super::SS, sp, size)
+    }
+}
