@@ -11,11 +11,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub mod debug_exit;
+pub mod i8042;
+pub mod pic;
+pub mod pit;
+pub mod serial;
 
-
-
-
-
+#[cfg(test)]
+mod testing;
 
 /// A device on a port-I/O or MMIO bus. Offsets are relative to the base the
 /// device was registered at; `data.len()` is the access width (1, 2, 4 or 8).

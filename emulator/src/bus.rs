@@ -47,7 +47,9 @@ impl Bus {
         if len == 0 {
             return Err(BusError::Empty(base));
         }
-        let end = base.checked_add(len).ok_or(BusError::Overlap { base, len })?;
+        let end = base
+            .checked_add(len)
+            .ok_or(BusError::Overlap { base, len })?;
         if self
             .entries
             .iter()
@@ -120,42 +122,6 @@ pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct Reg(u8);
-    impl BusDevice for Reg {
-        fn read(&mut self, offset: u64, data: &mut [u8]) {
-            data.fill(self.0.wrapping_add(offset as u8));
-        }
-        fn write(&mut self, _offset: u64, data: &[u8]) {
-            self.0 = data[0];
-        }
-    }
-
-    #[test]
-    fn dispatches_by_range() {
-        let mut bus = Bus::new();
-        bus.insert(0x10, 4, Arc::new(Mutex::new(Reg(1)))).unwrap();
-        bus.insert(0x20, 2, Arc::new(Mutex::new(Reg(7)))).unwrap();
-        assert_eq!(bus.read_value(0x12, 1), 3);
-        assert_eq!(bus.read_value(0x21, 1), 8);
-        assert_eq!(bus.read_value(0x14, 1), 0xff);
-        bus.write_value(0x20, 1, 0x40);
-        assert_eq!(bus.read_value(0x20, 1), 0x40);
-    }
-
-    #[test]
-    fn rejects_overlaps() {
-        let mut bus = Bus::new();
-        bus.insert(0x10, 4, Arc::new(Mutex::new(Reg(1)))).unwrap();
-        assert!(bus.insert(0x13, 4, Arc::new(Mutex::new(Reg(1)))).is_err());
-        assert!(bus.insert(0x0, 0, Arc::new(Mutex::new(Reg(1)))).is_err());
-        assert!(bus.insert(u64::MAX, 2, Arc::new(Mutex::new(Reg(1)))).is_err());
-    }
-}
-
 /// Everything a CPU reaches: guest RAM, the MMIO bus and the port-I/O bus.
 pub struct AddressSpace {
     /// Guest RAM from physical address 0.
@@ -194,10 +160,50 @@ impl AddressSpace {
         if !self.mmio.contains(gpa) {
             if let Some(p) = self.ram.ptr(gpa, size as u64) {
                 // SAFETY: `ptr` checked the range; size <= 8.
-                unsafe { std::ptr::copy_nonoverlapping(value.to_le_bytes().as_ptr(), p, size.min(8)) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(value.to_le_bytes().as_ptr(), p, size.min(8))
+                };
                 return;
             }
         }
         self.mmio.write_value(gpa, size, value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Reg(u8);
+    impl BusDevice for Reg {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            data.fill(self.0.wrapping_add(offset as u8));
+        }
+        fn write(&mut self, _offset: u64, data: &[u8]) {
+            self.0 = data[0];
+        }
+    }
+
+    #[test]
+    fn dispatches_by_range() {
+        let mut bus = Bus::new();
+        bus.insert(0x10, 4, Arc::new(Mutex::new(Reg(1)))).unwrap();
+        bus.insert(0x20, 2, Arc::new(Mutex::new(Reg(7)))).unwrap();
+        assert_eq!(bus.read_value(0x12, 1), 3);
+        assert_eq!(bus.read_value(0x21, 1), 8);
+        assert_eq!(bus.read_value(0x14, 1), 0xff);
+        bus.write_value(0x20, 1, 0x40);
+        assert_eq!(bus.read_value(0x20, 1), 0x40);
+    }
+
+    #[test]
+    fn rejects_overlaps() {
+        let mut bus = Bus::new();
+        bus.insert(0x10, 4, Arc::new(Mutex::new(Reg(1)))).unwrap();
+        assert!(bus.insert(0x13, 4, Arc::new(Mutex::new(Reg(1)))).is_err());
+        assert!(bus.insert(0x0, 0, Arc::new(Mutex::new(Reg(1)))).is_err());
+        assert!(bus
+            .insert(u64::MAX, 2, Arc::new(Mutex::new(Reg(1))))
+            .is_err());
     }
 }

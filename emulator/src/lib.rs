@@ -3,6 +3,11 @@
 //! [`engine::EngineHandle`].
 #![deny(missing_docs)]
 
+pub mod accel;
+pub mod boot;
 pub mod bus;
 pub mod cpu;
+pub mod engine;
+pub mod kvm_accel;
+pub mod machine;
 pub mod memory;

@@ -38,7 +38,7 @@ impl GuestRam {
     /// Maps `size` bytes of zeroed RAM (lazily committed, with no swap
     /// reservation so that large sparse guests are cheap).
     pub fn new(size: u64) -> Result<Self, MemoryError> {
-        if size == 0 || size % 4096 != 0 || size > (1 << 46) {
+        if size == 0 || !size.is_multiple_of(4096) || size > (1 << 46) {
             return Err(MemoryError::BadSize(size));
         }
         // SAFETY: anonymous private mapping with no fixed address; the result

@@ -137,9 +137,7 @@ fn addr_mask(ins: &Instruction, bitness: u32) -> u64 {
             OpKind::MemorySegESI | OpKind::MemorySegEDI | OpKind::MemoryESEDI => {
                 return 0xffff_ffff
             }
-            OpKind::MemorySegRSI | OpKind::MemorySegRDI | OpKind::MemoryESRDI => {
-                return u64::MAX
-            }
+            OpKind::MemorySegRSI | OpKind::MemorySegRDI | OpKind::MemoryESRDI => return u64::MAX,
             _ => {}
         }
     }
@@ -248,13 +246,11 @@ impl Cpu {
             // Crosses a page boundary, or runs from a device: decode once,
             // uncached.
             let mut buf = [0u8; 15];
-            let mut n = 0;
             let mut ins = Instruction::default();
-            for i in 0..15u64 {
-                let a = self.wrap_lin(lin.wrapping_add(i));
-                buf[i as usize] = self.read_lin(a, 1, Access::Exec, user)? as u8;
-                n += 1;
-                let mut dec = Decoder::with_ip(bitness, &buf[..n], self.rip, DecoderOptions::NONE);
+            for i in 0..15usize {
+                let a = self.wrap_lin(lin.wrapping_add(i as u64));
+                buf[i] = self.read_lin(a, 1, Access::Exec, user)? as u8;
+                let mut dec = Decoder::with_ip(bitness, &buf[..=i], self.rip, DecoderOptions::NONE);
                 dec.decode_out(&mut ins);
                 if dec.last_error() != iced_x86::DecoderError::NoMoreBytes {
                     break;

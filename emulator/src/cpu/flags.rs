@@ -110,7 +110,7 @@ pub fn sign_bit(size: u8) -> u64 {
 /// PF of a result: set when its low byte has an even number of ones.
 #[inline(always)]
 pub fn parity(v: u64) -> bool {
-    (v as u8).count_ones() % 2 == 0
+    (v as u8).count_ones().is_multiple_of(2)
 }
 
 impl Flags {
@@ -313,7 +313,7 @@ mod tests {
         assert!(f.of() && !f.cf());
         f.set_sub(1, 5, 5, 1, 0xff);
         assert!(f.cf());
-        assert!(f.cond(2) == false && f.cond(3));
+        assert!(f.cond(2) && !f.cond(3));
     }
 
     #[test]

@@ -69,6 +69,7 @@ impl Tlb {
     }
 
     /// Drops the entries for one linear page (INVLPG).
+    #[allow(dead_code)] // INVLPG, in the system module
     pub(crate) fn flush_page(&mut self, lin: u64) {
         let idx = ((lin >> 12) as usize) & (TLB_SIZE - 1);
         for t in self.e.iter_mut() {
@@ -255,8 +256,11 @@ impl Cpu {
                 ne |= PTE_D;
             }
             if ne != e {
-                self.space
-                    .write_phys(addr, if wide { 8 } else { 4 }, ne & if wide { u64::MAX } else { 0xffff_ffff });
+                self.space.write_phys(
+                    addr,
+                    if wide { 8 } else { 4 },
+                    ne & if wide { u64::MAX } else { 0xffff_ffff },
+                );
             }
         }
         Ok(Walk {
@@ -274,8 +278,8 @@ impl Cpu {
             (lin & 0xffff_ffff, false)
         };
         let page = phys & !0xfff;
-        let cacheable = !(acc == Access::Write && self.cache.is_code_page(page))
-            && !self.space.mmio.overlaps(page, 0x1000);
+        let code_write = acc == Access::Write && self.cache.is_code_page(page);
+        let cacheable = !code_write && !self.space.mmio.overlaps(page, 0x1000);
         if cacheable {
             if let Some(host) = self.space.ram.ptr(page, 0x1000) {
                 let idx = ((lin >> 12) as usize) & (TLB_SIZE - 1);
@@ -335,7 +339,11 @@ impl Cpu {
         let pa1 = self.translate(self.wrap_lin(lin1), acc, user)?;
         let mut v = 0u64;
         for i in 0..size as u64 {
-            let pa = if i < first { pa0 + i } else { pa1 + (i - first) };
+            let pa = if i < first {
+                pa0 + i
+            } else {
+                pa1 + (i - first)
+            };
             v |= self.space.read_phys(pa, 1) << (8 * i);
         }
         Ok(v)
@@ -375,7 +383,11 @@ impl Cpu {
         self.note_code_write(pa0);
         self.note_code_write(pa1);
         for i in 0..size as u64 {
-            let pa = if i < first { pa0 + i } else { pa1 + (i - first) };
+            let pa = if i < first {
+                pa0 + i
+            } else {
+                pa1 + (i - first)
+            };
             self.space.write_phys(pa, 1, (v >> (8 * i)) & 0xff);
         }
         Ok(())

@@ -18,6 +18,9 @@ mod sse;
 mod system;
 mod x87;
 
+#[cfg(test)]
+mod tests;
+
 pub use exec::CpuExit;
 pub use x87::X87;
 

@@ -172,6 +172,7 @@ impl Cpu {
 
     /// Reads from the stack at `offset` bytes above the stack pointer,
     /// without popping.
+    #[allow(dead_code)] // far returns, in the system module
     pub(crate) fn peek(&mut self, offset: u64, size: u8) -> R<u64> {
         let mask = super::flags::size_mask(self.stack_size());
         let sp = self.gpr[super::reg::RSP].wrapping_add(offset) & mask;

@@ -2,7 +2,7 @@
 //! branches, flags, I/O (SDM vol. 2).
 
 use super::exec::{Handler, Insn};
-use super::flags::{self, size_mask, sign_bit, CF, DF, IF, IOPL};
+use super::flags::{self, sign_bit, size_mask, CF, DF, IF, IOPL};
 use super::{reg, Cpu, Exc, R};
 use iced_x86::{Instruction, Mnemonic as M, OpKind};
 
@@ -63,20 +63,69 @@ pub(super) fn lookup(ins: &Instruction) -> Option<Handler> {
             _ => return None,
         },
         M::Ret => ret_near,
-        M::Jo | M::Jno | M::Jb | M::Jae | M::Je | M::Jne | M::Jbe | M::Ja | M::Js | M::Jns
-        | M::Jp | M::Jnp | M::Jl | M::Jge | M::Jle | M::Jg => jcc,
-        M::Seto | M::Setno | M::Setb | M::Setae | M::Sete | M::Setne | M::Setbe | M::Seta
-        | M::Sets | M::Setns | M::Setp | M::Setnp | M::Setl | M::Setge | M::Setle | M::Setg => {
-            setcc
-        }
-        M::Cmovo | M::Cmovno | M::Cmovb | M::Cmovae | M::Cmove | M::Cmovne | M::Cmovbe
-        | M::Cmova | M::Cmovs | M::Cmovns | M::Cmovp | M::Cmovnp | M::Cmovl | M::Cmovge
-        | M::Cmovle | M::Cmovg => cmovcc,
+        M::Jo
+        | M::Jno
+        | M::Jb
+        | M::Jae
+        | M::Je
+        | M::Jne
+        | M::Jbe
+        | M::Ja
+        | M::Js
+        | M::Jns
+        | M::Jp
+        | M::Jnp
+        | M::Jl
+        | M::Jge
+        | M::Jle
+        | M::Jg => jcc,
+        M::Seto
+        | M::Setno
+        | M::Setb
+        | M::Setae
+        | M::Sete
+        | M::Setne
+        | M::Setbe
+        | M::Seta
+        | M::Sets
+        | M::Setns
+        | M::Setp
+        | M::Setnp
+        | M::Setl
+        | M::Setge
+        | M::Setle
+        | M::Setg => setcc,
+        M::Cmovo
+        | M::Cmovno
+        | M::Cmovb
+        | M::Cmovae
+        | M::Cmove
+        | M::Cmovne
+        | M::Cmovbe
+        | M::Cmova
+        | M::Cmovs
+        | M::Cmovns
+        | M::Cmovp
+        | M::Cmovnp
+        | M::Cmovl
+        | M::Cmovge
+        | M::Cmovle
+        | M::Cmovg => cmovcc,
         M::Loop | M::Loope | M::Loopne => loop_,
         M::Jcxz | M::Jecxz | M::Jrcxz => jcxz,
         M::Xchg => xchg,
-        M::Nop | M::Pause | M::Prefetchnta | M::Prefetcht0 | M::Prefetcht1 | M::Prefetcht2
-        | M::Prefetchw | M::Lfence | M::Mfence | M::Sfence | M::Clflush | M::Clflushopt => nop,
+        M::Nop
+        | M::Pause
+        | M::Prefetchnta
+        | M::Prefetcht0
+        | M::Prefetcht1
+        | M::Prefetcht2
+        | M::Prefetchw
+        | M::Lfence
+        | M::Mfence
+        | M::Sfence
+        | M::Clflush
+        | M::Clflushopt => nop,
         M::Clc => |c, _| set_flag(c, CF, false),
         M::Stc => |c, _| set_flag(c, CF, true),
         M::Cmc => |c, _| {
@@ -162,49 +211,85 @@ macro_rules! alu {
     };
 }
 
-alu!(add, |c, s, a, b| {
-    let r = a.wrapping_add(b) & size_mask(s);
-    c.flags.set_add(s, a, b, 0, r);
-    r
-}, true);
-alu!(adc, |c, s, a, b| {
-    let cf = c.flags.cf() as u64;
-    let r = a.wrapping_add(b).wrapping_add(cf) & size_mask(s);
-    c.flags.set_add(s, a, b, cf, r);
-    r
-}, true);
-alu!(sub, |c, s, a, b| {
-    let r = a.wrapping_sub(b) & size_mask(s);
-    c.flags.set_sub(s, a, b, 0, r);
-    r
-}, true);
-alu!(sbb, |c, s, a, b| {
-    let cf = c.flags.cf() as u64;
-    let r = a.wrapping_sub(b).wrapping_sub(cf) & size_mask(s);
-    c.flags.set_sub(s, a, b, cf, r);
-    r
-}, true);
-alu!(cmp, |c, s, a, b| {
-    let r = a.wrapping_sub(b) & size_mask(s);
-    c.flags.set_sub(s, a, b, 0, r);
-    r
-}, false);
-alu!(and, |c, s, a, b| {
-    c.flags.set_logic(s, a & b);
-    a & b
-}, true);
-alu!(or, |c, s, a, b| {
-    c.flags.set_logic(s, a | b);
-    a | b
-}, true);
-alu!(xor, |c, s, a, b| {
-    c.flags.set_logic(s, a ^ b);
-    a ^ b
-}, true);
-alu!(test, |c, s, a, b| {
-    c.flags.set_logic(s, a & b);
-    a & b
-}, false);
+alu!(
+    add,
+    |c, s, a, b| {
+        let r = a.wrapping_add(b) & size_mask(s);
+        c.flags.set_add(s, a, b, 0, r);
+        r
+    },
+    true
+);
+alu!(
+    adc,
+    |c, s, a, b| {
+        let cf = c.flags.cf() as u64;
+        let r = a.wrapping_add(b).wrapping_add(cf) & size_mask(s);
+        c.flags.set_add(s, a, b, cf, r);
+        r
+    },
+    true
+);
+alu!(
+    sub,
+    |c, s, a, b| {
+        let r = a.wrapping_sub(b) & size_mask(s);
+        c.flags.set_sub(s, a, b, 0, r);
+        r
+    },
+    true
+);
+alu!(
+    sbb,
+    |c, s, a, b| {
+        let cf = c.flags.cf() as u64;
+        let r = a.wrapping_sub(b).wrapping_sub(cf) & size_mask(s);
+        c.flags.set_sub(s, a, b, cf, r);
+        r
+    },
+    true
+);
+alu!(
+    cmp,
+    |c, s, a, b| {
+        let r = a.wrapping_sub(b) & size_mask(s);
+        c.flags.set_sub(s, a, b, 0, r);
+        r
+    },
+    false
+);
+alu!(
+    and,
+    |c, s, a, b| {
+        c.flags.set_logic(s, a & b);
+        a & b
+    },
+    true
+);
+alu!(
+    or,
+    |c, s, a, b| {
+        c.flags.set_logic(s, a | b);
+        a | b
+    },
+    true
+);
+alu!(
+    xor,
+    |c, s, a, b| {
+        c.flags.set_logic(s, a ^ b);
+        a ^ b
+    },
+    true
+);
+alu!(
+    test,
+    |c, s, a, b| {
+        c.flags.set_logic(s, a & b);
+        a & b
+    },
+    false
+);
 
 fn inc(c: &mut Cpu, d: &Insn) -> R {
     let s = d.osize;

@@ -1,0 +1,87 @@
+//! Smoke tests of the interpreter core on small hand-assembled programs.
+
+use super::*;
+use crate::bus::AddressSpace;
+use crate::memory::GuestRam;
+
+fn cpu_with(code: &[u8], at: u64) -> Cpu {
+    let ram = GuestRam::new(1 << 20).expect("ram");
+    ram.write_bytes(at, code);
+    Cpu::new(Arc::new(AddressSpace::new(ram)))
+}
+
+#[test]
+fn real_mode_call_and_ret() {
+    let code = [
+        0xbc, 0x00, 0x80, // mov sp, 0x8000
+        0xb8, 0x05, 0x00, // mov ax, 5
+        0xe8, 0x01, 0x00, // call +1
+        0xf4, // hlt
+        0x01, 0xc0, // add ax, ax
+        0xc3, // ret
+    ];
+    let mut cpu = cpu_with(&code, 0x7c00);
+    cpu.seg[CS] = Segment::real(0);
+    cpu.rip = 0x7c00;
+    assert_eq!(cpu.run(100), CpuExit::Halted);
+    assert_eq!(cpu.gpr[reg::RAX] & 0xffff, 10);
+    assert_eq!(cpu.gpr[reg::RSP] & 0xffff, 0x8000);
+    assert_eq!(cpu.rip, 0x7c0a);
+}
+
+#[test]
+fn protected_mode_loop_and_store() {
+    let code = [
+        0xb9, 100, 0, 0, 0, // mov ecx, 100
+        0x31, 0xc0, // xor eax, eax
+        0x01, 0xc8, // add eax, ecx
+        0xe2, 0xfc, // loop -4
+        0xa3, 0x00, 0x20, 0x00, 0x00, // mov [0x2000], eax
+        0xf4, // hlt
+    ];
+    let mut cpu = cpu_with(&code, 0x1000);
+    cpu.cr0 |= cr0::PE;
+    cpu.seg[CS] = Segment::flat32(8, true);
+    cpu.seg[DS] = Segment::flat32(16, false);
+    cpu.seg[SS] = Segment::flat32(16, false);
+    cpu.rip = 0x1000;
+    assert_eq!(cpu.run(1000), CpuExit::Halted);
+    assert_eq!(cpu.gpr[reg::RAX], 5050);
+    assert_eq!(cpu.space.ram.read_u32(0x2000), 5050);
+    assert_eq!(cpu.icount, 2 + 200 + 2);
+}
+
+#[test]
+fn self_modifying_code_is_seen() {
+    // Loop twice over a `mov al, imm8` whose immediate the loop rewrites.
+    let code = [
+        0xb1, 0x02, // mov cl, 2
+        0xb0, 0x11, // 0x1002: mov al, 0x11
+        0xc6, 0x05, 0x03, 0x10, 0x00, 0x00, 0x22, // mov byte [0x1003], 0x22
+        0xfe, 0xc9, // dec cl
+        0x75, 0xf3, // jnz 0x1002
+        0xf4,
+    ];
+    let mut cpu = cpu_with(&code, 0x1000);
+    cpu.cr0 |= cr0::PE;
+    cpu.seg[CS] = Segment::flat32(8, true);
+    cpu.seg[DS] = Segment::flat32(16, false);
+    cpu.rip = 0x1000;
+    assert_eq!(cpu.run(1000), CpuExit::Halted);
+    assert_eq!(cpu.gpr[reg::RAX] & 0xff, 0x22);
+}
+
+#[test]
+fn unknown_instruction_is_undefined_opcode() {
+    // 0f 0b = UD2 is claimed by the system module; use an invalid encoding.
+    let mut cpu = cpu_with(&[0x0f, 0xff], 0x7c00);
+    cpu.seg[CS] = Segment::real(0);
+    cpu.rip = 0x7c00;
+    // IVT entry 6 points at a HLT at 0x500.
+    cpu.space.ram.write_bytes(6 * 4, &[0x00, 0x05, 0x00, 0x00]);
+    cpu.space.ram.write_bytes(0x500, &[0xf4]);
+    cpu.gpr[reg::RSP] = 0x8000;
+    assert_eq!(cpu.run(10), CpuExit::Halted);
+    assert_eq!(cpu.last_exception, Some(Exc::UD));
+    assert_eq!(cpu.rip, 0x501);
+}
