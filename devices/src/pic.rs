@@ -481,7 +481,7 @@ impl Pic {
     }
 
     /// Reads ELCR1 (`index` 0, IRQ0-7) or ELCR2 (`index` 1, IRQ8-15); a set
-    /// bit makes that line level-triggered (PIIX3 datasheet §4.1.x "ELCR").
+    /// bit makes that line level-triggered (PIIX3 datasheet, "ELCR1/ELCR2").
     pub fn read_elcr(&self, index: u8) -> u8 {
         match index {
             0 => self.master.elcr,

@@ -315,6 +315,7 @@ pub fn start(config: &MachineConfig) -> Result<EngineHandle, EngineError> {
                 subscribers,
                 no_reboot,
                 state: RunState::Running,
+                serial_pending: Default::default(),
             };
             engine.run();
         })
@@ -338,6 +339,8 @@ struct Engine {
     subscribers: Subscribers,
     no_reboot: bool,
     state: RunState,
+    /// Host input COM1 could not take yet.
+    serial_pending: std::collections::VecDeque<u8>,
 }
 
 impl Engine {
@@ -370,13 +373,23 @@ impl Engine {
             Command::Reset => return self.reset(false),
             Command::PowerOff => return Some(StopReason::PowerOff),
             Command::SerialInput(bytes) => {
-                lock(&self.machine.serial).enqueue_input(&bytes);
+                self.serial_pending.extend(bytes);
+                self.feed_serial();
                 if self.state == RunState::Halted {
                     self.state = RunState::Running;
                 }
             }
         }
         None
+    }
+
+    /// Moves host input into COM1 as far as its receive buffer allows.
+    fn feed_serial(&mut self) {
+        if self.serial_pending.is_empty() {
+            return;
+        }
+        let n = lock(&self.machine.serial).enqueue_input(self.serial_pending.make_contiguous());
+        self.serial_pending.drain(..n);
     }
 
     fn reset(&mut self, by_guest: bool) -> Option<StopReason> {
@@ -450,6 +463,7 @@ impl Engine {
                 }
             }
             self.machine.poll_timers();
+            self.feed_serial();
             if self.state == RunState::Halted && self.machine.interrupt_controller().has_interrupt()
             {
                 self.state = RunState::Running;

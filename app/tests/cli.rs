@@ -1,0 +1,237 @@
+//! `vireo run` as a user runs it: exit statuses, one-line errors, serial I/O.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn vireo() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vireo"))
+}
+
+fn tmp() -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli");
+    std::fs::create_dir_all(&d).expect("tmp dir");
+    d
+}
+
+/// Assembles a small multiboot kernel from GNU assembler source with gcc.
+fn kernel(name: &str, body: &str) -> PathBuf {
+    let dir = tmp();
+    let src = dir.join(format!("{name}.S"));
+    let obj = dir.join(format!("{name}.o"));
+    let elf = dir.join(format!("{name}.elf"));
+    let text = format!(
+        ".text\n.code32\n.globl _start\n.align 4\n.long 0x1BADB002, 3, -(0x1BADB002+3)\n_start:\n{body}\n"
+    );
+    std::fs::write(&src, text).expect("write source");
+    let ok = Command::new("gcc")
+        .args(["-m32", "-c"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&obj)
+        .status()
+        .expect("gcc")
+        .success()
+        && Command::new("ld")
+            .args(["-m", "elf_i386", "-Ttext=0x100000", "-e", "_start"])
+            .arg(&obj)
+            .arg("-o")
+            .arg(&elf)
+            .status()
+            .expect("ld")
+            .success();
+    assert!(ok, "assembling {name}");
+    elf
+}
+
+/// Prints the characters of a NUL-terminated string at `msg` on COM1.
+const PUTS: &str = "
+  mov $0x200000, %esp
+  mov $msg, %esi
+1: movb (%esi), %al
+  inc %esi
+  test %al, %al
+  jz 2f
+  mov $0x3f8, %dx
+  out %al, %dx
+  jmp 1b
+2:
+";
+
+fn run_with_timeout(mut cmd: Command, input: &[u8], secs: u64) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vireo");
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input);
+    }
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > Duration::from_secs(secs) {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "vireo did not finish in {secs}s; stdout: {} stderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn assert_one_line_error(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
+    assert!(err.contains(needle), "{needle:?} not in {err:?}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn debug_exit_sets_the_exit_status_and_serial_reaches_stdout() {
+    let k = kernel(
+        "hello",
+        &format!("{PUTS}\n  mov $0x10, %al\n  out %al, $0xf4\n  hlt\nmsg: .asciz \"Hello from multiboot\\n\""),
+    );
+    let mut cmd = vireo();
+    cmd.args(["run", "--accel", "soft", "--kernel"]).arg(&k);
+    let out = run_with_timeout(cmd, b"", 30);
+    assert_eq!(out.status.code(), Some(33));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Hello from multiboot\n"
+    );
+}
+
+#[test]
+fn guest_reset_with_no_reboot_exits_zero() {
+    // Pulse the i8042 reset line (command 0xfe).
+    let k = kernel(
+        "reset",
+        "  mov $0xfe, %al\n  out %al, $0x64\n1: hlt\n  jmp 1b",
+    );
+    let mut cmd = vireo();
+    cmd.args(["run", "--accel", "soft", "--no-reboot", "--kernel"])
+        .arg(&k);
+    let out = run_with_timeout(cmd, b"", 30);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn serial_input_reaches_the_guest() {
+    // Echo one received byte back, then exit with it as the status.
+    let body = "
+  mov $0x3fd, %dx
+1: inb %dx, %al
+  test $1, %al
+  jz 1b
+  mov $0x3f8, %dx
+  inb %dx, %al
+  outb %al, %dx
+  outb %al, $0xf4
+  hlt";
+    let k = kernel("echo", body);
+    let mut cmd = vireo();
+    cmd.args(["run", "--accel", "soft", "--kernel"]).arg(&k);
+    let out = run_with_timeout(cmd, b"A", 30);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "A");
+    assert_eq!(out.status.code(), Some((b'A' as i32) << 1 | 1));
+}
+
+#[test]
+fn missing_kernel_file_is_a_one_line_error() {
+    let mut cmd = vireo();
+    cmd.args(["run", "--kernel", "/nonexistent/kernel.elf"]);
+    assert_one_line_error(&run_with_timeout(cmd, b"", 10), "/nonexistent/kernel.elf");
+}
+
+#[test]
+fn a_file_that_is_no_kernel_is_a_one_line_error() {
+    let f = tmp().join("notakernel.txt");
+    std::fs::write(&f, "this is not a kernel\n").expect("write");
+    let mut cmd = vireo();
+    cmd.args(["run", "--kernel"]).arg(&f);
+    assert_one_line_error(&run_with_timeout(cmd, b"", 10), "not a multiboot kernel");
+}
+
+#[test]
+fn zero_memory_is_a_one_line_error() {
+    let k = kernel("hlt0", "  hlt");
+    let mut cmd = vireo();
+    cmd.args(["run", "--memory", "0", "--kernel"]).arg(&k);
+    assert_one_line_error(&run_with_timeout(cmd, b"", 10), "--memory 0");
+}
+
+#[test]
+fn more_memory_than_the_host_has_is_a_one_line_error() {
+    let k = kernel("hlt1", "  hlt");
+    let mut cmd = vireo();
+    cmd.args(["run", "--memory", "64T", "--kernel"]).arg(&k);
+    assert_one_line_error(&run_with_timeout(cmd, b"", 10), "more than the host");
+}
+
+#[test]
+fn unknown_accelerator_and_options_are_rejected() {
+    let mut cmd = vireo();
+    cmd.args(["run", "--accel", "warp"]);
+    let out = run_with_timeout(cmd, b"", 10);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn kvm_that_cannot_run_the_guest_says_why() {
+    let k = kernel("hlt2", "  hlt");
+    let mut cmd = vireo();
+    cmd.args(["run", "--accel", "kvm", "--kernel"]).arg(&k);
+    let out = run_with_timeout(cmd, b"", 10);
+    let err = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        // Hosts where KVM can run unmodified guests run it.
+        Some(c) if c != 2 => eprintln!("KVM ran the guest here (status {c})"),
+        _ => assert_one_line_error(&out, "--accel kvm: "),
+    }
+    eprintln!("{err}");
+}
+
+#[test]
+fn help_reads_well() {
+    let out = run_with_timeout(
+        {
+            let mut c = vireo();
+            c.args(["run", "--help"]);
+            c
+        },
+        b"",
+        10,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for opt in [
+        "--kernel",
+        "--append",
+        "--initrd",
+        "--memory",
+        "--serial",
+        "--accel",
+        "--no-reboot",
+        "--log",
+    ] {
+        assert!(text.contains(opt), "{opt} missing from --help");
+    }
+}
