@@ -136,6 +136,8 @@ pub struct EngineHandle {
     subscribers: Subscribers,
     kick: Arc<AtomicBool>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Receives every event since the start, for the first subscriber.
+    first: Arc<Mutex<Option<Receiver<Event>>>>,
 }
 
 impl EngineHandle {
@@ -146,8 +148,12 @@ impl EngineHandle {
         ok
     }
 
-    /// A new stream of events from now on.
+    /// A new stream of events: the first call gets every event since the
+    /// engine started, later calls the events from now on.
     pub fn subscribe(&self) -> Receiver<Event> {
+        if let Some(rx) = lock(&self.first).take() {
+            return rx;
+        }
         let (tx, rx) = mpsc::channel();
         lock(&self.subscribers).push(tx);
         rx
@@ -296,8 +302,10 @@ pub fn start(config: &MachineConfig) -> Result<EngineHandle, EngineError> {
     machine.control.set_kick(kick.clone());
 
     let (tx, rx) = mpsc::channel();
-    let subscribers: Subscribers = Arc::new(Mutex::new(Vec::new()));
+    let (first_tx, first_rx) = mpsc::channel();
+    let subscribers: Subscribers = Arc::new(Mutex::new(vec![first_tx]));
     let handle = EngineHandle {
+        first: Arc::new(Mutex::new(Some(first_rx))),
         commands: tx,
         subscribers: subscribers.clone(),
         kick,
@@ -375,9 +383,6 @@ impl Engine {
             Command::SerialInput(bytes) => {
                 self.serial_pending.extend(bytes);
                 self.feed_serial();
-                if self.state == RunState::Halted {
-                    self.state = RunState::Running;
-                }
             }
         }
         None
@@ -489,6 +494,92 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An a.out-kludge multiboot kernel at 1 MiB whose body is `code`.
+    fn kernel_file(name: &str, code: &[u8]) -> PathBuf {
+        let flags = 1u32 << 16;
+        let words = [
+            multiboot::HEADER_MAGIC,
+            flags,
+            0u32.wrapping_sub(multiboot::HEADER_MAGIC)
+                .wrapping_sub(flags),
+            0x10_0000,
+            0x10_0000,
+            0,
+            0,
+            0x10_0020,
+        ];
+        let mut img: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        img.extend_from_slice(code);
+        let path = std::env::temp_dir().join(format!("vireo-engine-{}-{name}", std::process::id()));
+        std::fs::write(&path, img).expect("write kernel");
+        path
+    }
+
+    fn config(path: PathBuf) -> MachineConfig {
+        MachineConfig {
+            memory: 16 << 20,
+            accel: AccelKind::Soft,
+            kernel: Some(KernelConfig {
+                path,
+                cmdline: String::new(),
+                initrd: None,
+            }),
+            no_reboot: false,
+        }
+    }
+
+    fn next(rx: &Receiver<Event>) -> Event {
+        loop {
+            match rx.recv_timeout(Duration::from_secs(10)).expect("event") {
+                Event::SerialOutput(_) => continue,
+                e => return e,
+            }
+        }
+    }
+
+    #[test]
+    fn commands_drive_the_run_state() {
+        // jmp $ — spins forever.
+        let h = start(&config(kernel_file("spin", &[0xeb, 0xfe]))).expect("start");
+        let rx = h.subscribe();
+        assert_eq!(next(&rx), Event::Started { accel: "soft" });
+        h.send(Command::Pause);
+        assert_eq!(next(&rx), Event::Paused);
+        h.send(Command::Resume);
+        assert_eq!(next(&rx), Event::Resumed);
+        h.send(Command::Reset);
+        assert_eq!(next(&rx), Event::Reset);
+        let late = h.subscribe();
+        h.send(Command::PowerOff);
+        assert_eq!(next(&rx), Event::Stopped(StopReason::PowerOff));
+        assert_eq!(next(&late), Event::Stopped(StopReason::PowerOff));
+        h.join();
+    }
+
+    #[test]
+    fn serial_input_reaches_a_polling_guest() {
+        // Poll LSR.DR, then exit with the received byte.
+        let code = [
+            0xba, 0xfd, 0x03, 0x00, 0x00, // mov edx, 0x3fd
+            0xec, // in al, dx
+            0xa8, 0x01, // test al, 1
+            0x74, 0xfb, // jz in
+            0xba, 0xf8, 0x03, 0x00, 0x00, // mov edx, 0x3f8
+            0xec, // in al, dx
+            0xe6, 0xf4, // out 0xf4, al
+            0xeb, 0xfe,
+        ];
+        let h = start(&config(kernel_file("echo", &code))).expect("start");
+        let rx = h.subscribe();
+        assert_eq!(next(&rx), Event::Started { accel: "soft" });
+        std::thread::sleep(Duration::from_millis(50));
+        h.send(Command::SerialInput(b"B".to_vec()));
+        assert_eq!(
+            next(&rx),
+            Event::Stopped(StopReason::Exit(((b'B' as i32) << 1) | 1))
+        );
+    }
 
     #[test]
     fn parses_memory_sizes() {
