@@ -32,10 +32,39 @@ pub(crate) struct Block {
 
 type Key = (u64, u64, u32);
 
+/// A fast hasher for block keys (FxHash-style multiply-rotate).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(*b as u64);
+        }
+    }
+    #[inline(always)]
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7cc1_b727_220a_95);
+    }
+    #[inline(always)]
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64)
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
+const FAST_SLOTS: usize = 4096;
+
 /// Decoded blocks by (physical address, RIP, bitness).
 pub(crate) struct CodeCache {
-    map: HashMap<Key, Arc<Block>>,
-    pages: HashMap<u64, Vec<Key>>,
+    map: FastMap<Key, Arc<Block>>,
+    /// Direct-mapped front of `map`.
+    fast: Vec<Option<(Key, Arc<Block>)>>,
+    pages: FastMap<u64, Vec<Key>>,
     /// One bit per 4 KiB RAM page that holds cached code.
     code_bits: Vec<u64>,
 }
@@ -43,13 +72,20 @@ pub(crate) struct CodeCache {
 impl CodeCache {
     pub(crate) fn new(ram_size: u64) -> Self {
         CodeCache {
-            map: HashMap::new(),
-            pages: HashMap::new(),
+            map: FastMap::default(),
+            fast: vec![None; FAST_SLOTS],
+            pages: FastMap::default(),
             code_bits: vec![0; (ram_size / 4096).div_ceil(64) as usize + 1],
         }
     }
 
+    #[inline(always)]
+    fn fast_slot(key: &Key) -> usize {
+        ((key.0 ^ (key.1 << 7)) as usize ^ (key.0 >> 12) as usize) & (FAST_SLOTS - 1)
+    }
+
     pub(crate) fn clear(&mut self) {
+        self.fast.fill(None);
         self.map.clear();
         self.pages.clear();
         self.code_bits.fill(0);
@@ -80,6 +116,10 @@ impl CodeCache {
         if let Some(keys) = self.pages.remove(&page) {
             for k in keys {
                 self.map.remove(&k);
+                let s = Self::fast_slot(&k);
+                if self.fast[s].as_ref().is_some_and(|(fk, _)| *fk == k) {
+                    self.fast[s] = None;
+                }
             }
         }
         let n = (page >> 12) as usize;
@@ -211,10 +251,18 @@ impl Cpu {
         let bitness = self.bitness();
         let lin = self.lin(super::CS, self.rip);
         let user = self.user();
-        let phys = self.translate(lin, Access::Exec, user)?;
+        let phys = self.fetch_phys(lin, user)?;
         let key = (phys, self.rip, bitness);
+        let slot = CodeCache::fast_slot(&key);
+        if let Some((k, b)) = &self.cache.fast[slot] {
+            if *k == key {
+                return Ok(b.clone());
+            }
+        }
         if let Some(b) = self.cache.map.get(&key) {
-            return Ok(b.clone());
+            let b = b.clone();
+            self.cache.fast[slot] = Some((key, b.clone()));
+            return Ok(b);
         }
         let page = phys & !0xfff;
         let avail = 0x1000 - (phys & 0xfff);
@@ -282,7 +330,8 @@ impl Cpu {
             if self.shutdown {
                 return CpuExit::Shutdown;
             }
-            if self.exit_request.swap(false, Ordering::AcqRel) {
+            if self.exit_request.load(Ordering::Relaxed) {
+                self.exit_request.store(false, Ordering::Relaxed);
                 return CpuExit::Requested;
             }
             if self.icount >= limit {

@@ -294,6 +294,18 @@ impl Cpu {
         Ok(phys)
     }
 
+    /// Physical address of an instruction fetch at `lin`, from the TLB when
+    /// it can.
+    #[inline(always)]
+    pub(crate) fn fetch_phys(&mut self, lin: u64, user: bool) -> R<u64> {
+        let idx = ((lin >> 12) as usize) & (TLB_SIZE - 1);
+        let e = &self.tlb.e[slot(Access::Exec, user)][idx];
+        if e.tag == lin & !0xfff {
+            return Ok(e.phys | (lin & 0xfff));
+        }
+        self.translate(lin, Access::Exec, user)
+    }
+
     /// Host pointer for an access of `size` bytes at `lin` that hits the TLB
     /// and stays within one page.
     #[inline(always)]
