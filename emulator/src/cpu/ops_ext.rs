@@ -1552,6 +1552,648 @@ mod tests {
 
     const HOST_BCD_HASH: u64 = 0x3ef1_e790_0f72_5501;
 
+    fn w32(c: &Cpu, a: u64, v: u32) {
+        c.space.ram.write_bytes(a, &v.to_le_bytes());
+    }
+
+    fn r32(c: &Cpu, a: u64) -> u32 {
+        u32::from_le_bytes(ram_read(c, a, 4).try_into().unwrap())
+    }
+
+    // -----------------------------------------------------------------------
+    // 16-bit (real mode) forms
+
+    #[test]
+    fn real_rep_movsb_wraps_si_within_segment() {
+        let mut c = real();
+        c.space.ram.write_bytes(DATA + 0xfffe, &[1, 2]);
+        c.space.ram.write_bytes(DATA, &[3, 4]);
+        c.gpr[RSI] = 0x1234_fffe;
+        c.gpr[RDI] = 0x10;
+        c.gpr[RCX] = 0x5678_0004;
+        run_ok(&mut c, &[0xf3, 0xa4]); // rep movsb
+        assert_eq!(ram_read(&c, DATA + 0x10, 4), [1, 2, 3, 4]);
+        // Only SI/DI/CX change: the upper halves stay.
+        assert_eq!(c.gpr[RSI], 0x1234_0002);
+        assert_eq!(c.gpr[RDI], 0x14);
+        assert_eq!(c.gpr[RCX], 0x5678_0000);
+    }
+
+    #[test]
+    fn real_rep_stosw_backwards_wraps_di() {
+        let mut c = real();
+        c.flags.set(DF);
+        c.gpr[RDI] = 2;
+        c.gpr[RCX] = 3;
+        c.gpr[RAX] = 0xabcd;
+        run_ok(&mut c, &[0xf3, 0xab]); // rep stosw
+        assert_eq!(ram_read(&c, DATA, 4), [0xcd, 0xab, 0xcd, 0xab]);
+        assert_eq!(ram_read(&c, DATA + 0xfffe, 2), [0xcd, 0xab]);
+        assert_eq!(c.gpr[RDI], 0xfffc);
+        assert_eq!(c.gpr[RCX], 0);
+    }
+
+    #[test]
+    fn real_a32_movs_does_not_wrap() {
+        let mut c = real();
+        c.space.ram.write_bytes(DATA + 0xfffe, &[1, 2, 3, 4]);
+        c.gpr[RSI] = 0xfffe;
+        c.gpr[RDI] = 0x20;
+        c.gpr[RCX] = 4;
+        run_ok(&mut c, &[0x67, 0xf3, 0xa4]); // rep movsb [edi],[esi]
+        assert_eq!(ram_read(&c, DATA + 0x20, 4), [1, 2, 3, 4]);
+        assert_eq!((c.gpr[RSI], c.gpr[RDI], c.gpr[RCX]), (0x1_0002, 0x24, 0));
+    }
+
+    #[test]
+    fn real_scas_cmps_lods_with_overrides() {
+        let mut c = real();
+        c.seg[FS] = Segment::real(0x3000);
+        c.space.ram.write_bytes(DATA + 0x100, b"hello\0world");
+        // repne scasb: find the NUL.
+        c.gpr[RDI] = 0x100;
+        c.gpr[RCX] = 0xffff;
+        c.gpr[RAX] = 0;
+        run_ok(&mut c, &[0xf2, 0xae]);
+        assert_eq!(c.gpr[RDI], 0x106);
+        assert_eq!(c.gpr[RCX], 0xffff - 6);
+        assert!(c.flags.zf());
+        // repe cmpsw: DS:SI (FS override) against ES:DI, differing at word 3.
+        c.space
+            .ram
+            .write_bytes(0x30000 + 0x200, &[1, 0, 2, 0, 3, 0, 5, 0, 9, 9]);
+        c.space
+            .ram
+            .write_bytes(DATA + 0x300, &[1, 0, 2, 0, 3, 0, 7, 0, 9, 9]);
+        c.gpr[RSI] = 0x200;
+        c.gpr[RDI] = 0x300;
+        c.gpr[RCX] = 5;
+        run_ok(&mut c, &[0x64, 0xf3, 0xa7]); // repe cmpsw fs:[si], es:[di]
+        assert_eq!((c.gpr[RSI], c.gpr[RDI], c.gpr[RCX]), (0x208, 0x308, 1));
+        // 5 - 7 as words: CF, SF, AF set, ZF clear.
+        assert_eq!(c.flags.get() & FL, CF | SF | AF);
+        // lodsb with FS override.
+        c.gpr[RSI] = 0x206;
+        run_ok(&mut c, &[0x64, 0xac]);
+        assert_eq!((c.gpr[RAX] & 0xff, c.gpr[RSI]), (5, 0x207));
+        // rep movsb with an ES source override.
+        c.gpr[RSI] = 0x100;
+        c.gpr[RDI] = 0x400;
+        c.gpr[RCX] = 5;
+        c.seg[DS] = Segment::real(0x5000);
+        run_ok(&mut c, &[0x26, 0xf3, 0xa4]);
+        assert_eq!(ram_read(&c, DATA + 0x400, 5), b"hello");
+    }
+
+    #[test]
+    fn real_xlat_and_bt_wrap_16bit_addresses() {
+        let mut c = real();
+        c.space.ram.write_bytes(DATA + 0x10, &[0x77]);
+        c.gpr[RBX] = 0xfff0;
+        c.gpr[RAX] = 0x20;
+        run_ok(&mut c, &[0xd7]); // xlatb: DS:(BX + AL) & 0xffff
+        assert_eq!(c.gpr[RAX], 0x77);
+        // bts word [bx], ax with a negative offset: -16 = word -1, bit 0.
+        c.space.ram.write_bytes(DATA + 0xfffe, &[0x00, 0x80]);
+        c.gpr[RBX] = 0;
+        c.gpr[RAX] = 0xfff0;
+        run_ok(&mut c, &[0x0f, 0xab, 0x07]); // bts [bx], ax
+        assert_eq!(ram_read(&c, DATA + 0xfffe, 2), [0x01, 0x80]);
+        assert!(!c.flags.cf());
+        run_ok(&mut c, &[0x0f, 0xa3, 0x07]); // bt [bx], ax
+        assert!(c.flags.cf());
+    }
+
+    #[test]
+    fn real_divide_errors_fault_without_side_effects() {
+        // (code, AX, DX, BX): #DE for a zero divisor, a quotient overflow,
+        // IDIV of MIN by -1, and AAM 0.
+        let cases: [(&[u8], u64, u64, u64); 4] = [
+            (&[0x90, 0xf6, 0xf3], 0x1234, 0, 0),           // div bl, BL = 0
+            (&[0x90, 0xf6, 0xf3], 0x1000, 0, 0x10),        // div bl: 0x100 > 0xff
+            (&[0x90, 0xf7, 0xfb], 0x8000, 0xffff, 0xffff), // idiv bx: -32768 / -1
+            (&[0x90, 0xd4, 0x00], 0x1234, 0, 0),           // aam 0
+        ];
+        for (code, ax, dx, bx) in cases {
+            let mut c = real();
+            c.gpr[RAX] = ax;
+            c.gpr[RDX] = dx;
+            c.gpr[RBX] = bx;
+            c.flags.set(CF | ZF);
+            let e = run(&mut c, code);
+            assert_eq!(e, Some(Exc::DE), "{code:02x?}");
+            assert_eq!((c.gpr[RAX], c.gpr[RDX], c.gpr[RBX]), (ax, dx, bx));
+            // The pushed IP is the faulting instruction's (after the NOP);
+            // the pushed FLAGS are the untouched ones.
+            assert_eq!(ram_read(&c, DATA + 0xfffe - 6, 2), [1, 0]);
+            assert_eq!(ram_read(&c, DATA + 0xfffe - 2, 2)[0] as u64 & FL, CF | ZF);
+        }
+    }
+
+    #[test]
+    fn real_bound_raises_br_and_vex_is_ud() {
+        let mut c = real();
+        c.space
+            .ram
+            .write_bytes(DATA + 0x40, &[0xfb, 0xff, 0x0a, 0x00]); // -5, 10
+        c.gpr[RBX] = 0x40;
+        c.gpr[RAX] = 10;
+        run_ok(&mut c, &[0x62, 0x07]); // bound ax, [bx]
+        c.gpr[RAX] = 11;
+        let e = run(&mut c, &[0x62, 0x07]);
+        assert_eq!(e.map(|e| e.vector), Some(vec::BR));
+        let mut c = real();
+        c.gpr[RAX] = 0x55;
+        let e = run(&mut c, &[0xc4, 0xe2, 0x60, 0xf2, 0xc1]); // andn eax, ebx, ecx
+        assert_eq!(e, Some(Exc::UD));
+        assert_eq!(c.gpr[RAX], 0x55);
+    }
+
+    // -----------------------------------------------------------------------
+    // 32-bit forms (expected values from a 32-bit program on the host)
+
+    const STK: u64 = 0x30000;
+
+    /// Fills 64 dwords at STK as the host program did and points ESP/EBP at
+    /// words 40 and 60.
+    fn stack32() -> Cpu {
+        let mut c = pm32();
+        for i in 0..64u64 {
+            w32(&c, STK + 4 * i, 0x1111_0000 + 0x101 * i as u32);
+        }
+        c.gpr[RSP] = STK + 160;
+        c.gpr[RBP] = STK + 240;
+        c
+    }
+
+    fn words32(c: &Cpu) -> Vec<u32> {
+        (28..40).map(|i| r32(c, STK + 4 * i)).collect()
+    }
+
+    #[test]
+    fn pm32_enter_matches_host() {
+        // Host (stk at 0x0804b060): "enterd 10,3 esp=+0080 ebp=+009c
+        // [... 11112323 0804b0fc 11113a3a 11113b3b 0804b150]"
+        let mut c = stack32();
+        run_ok(&mut c, &[0xc8, 0x10, 0x00, 0x03]); // enter 0x10, 3
+        assert_eq!((c.gpr[RSP] - STK, c.gpr[RBP] - STK), (0x80, 0x9c));
+        let w = words32(&c);
+        assert_eq!(
+            w[7..],
+            [
+                0x1111_2323,
+                STK as u32 + 0x9c,
+                0x1111_3a3a,
+                0x1111_3b3b,
+                STK as u32 + 0xf0
+            ]
+        );
+        // "enterd 10,0 esp=+008c ebp=+009c"
+        let mut c = stack32();
+        run_ok(&mut c, &[0xc8, 0x10, 0x00, 0x00]);
+        assert_eq!((c.gpr[RSP] - STK, c.gpr[RBP] - STK), (0x8c, 0x9c));
+        // "enterw 10,3 esp=+0088 ebp=+009e [... 3b3bb0fe b1501111]": 16-bit
+        // pushes on a 32-bit stack, EBP stepping by 2.
+        let mut c = stack32();
+        run_ok(&mut c, &[0x66, 0xc8, 0x10, 0x00, 0x03]);
+        assert_eq!((c.gpr[RSP] - STK, c.gpr[RBP] - STK), (0x88, 0x9e));
+        let lo = |a: u64| (a & 0xffff) as u32;
+        let w = words32(&c);
+        assert_eq!(w[10], 0x3b3b_0000 | lo(STK + 0x9e));
+        assert_eq!(w[11], lo(STK + 0xf0) << 16 | 0x1111);
+        // "enterw 4,1 esp=+0098 ebp=+009e [... b150b0fe]"
+        let mut c = stack32();
+        run_ok(&mut c, &[0x66, 0xc8, 0x04, 0x00, 0x01]);
+        assert_eq!((c.gpr[RSP] - STK, c.gpr[RBP] - STK), (0x98, 0x9e));
+        assert_eq!(words32(&c)[11], lo(STK + 0xf0) << 16 | lo(STK + 0x9e));
+    }
+
+    #[test]
+    fn pm32_pusha_popa_match_host() {
+        let set = |c: &mut Cpu| {
+            c.gpr[RAX] = 0x1111_1111;
+            c.gpr[RCX] = 0x2222_2222;
+            c.gpr[RDX] = 0x3333_3333;
+            c.gpr[RBX] = 0x4444_4444;
+            c.gpr[RBP] = 0x6666_6666;
+            c.gpr[RSI] = 0x7777_7777;
+            c.gpr[RDI] = 0x8888_8888;
+        };
+        // "pushad esp=+0080 [... 88888888 77777777 66666666 0804b100
+        //  44444444 33333333 22222222 11111111]"
+        let mut c = stack32();
+        set(&mut c);
+        run_ok(&mut c, &[0x60]);
+        assert_eq!(c.gpr[RSP] - STK, 0x80);
+        assert_eq!(
+            words32(&c)[4..],
+            [
+                0x8888_8888,
+                0x7777_7777,
+                0x6666_6666,
+                STK as u32 + 0xa0,
+                0x4444_4444,
+                0x3333_3333,
+                0x2222_2222,
+                0x1111_1111
+            ]
+        );
+        // "pushaw esp=+0090 [... 77778888 b1006666 33334444 11112222]"
+        let mut c = stack32();
+        set(&mut c);
+        run_ok(&mut c, &[0x66, 0x60]);
+        assert_eq!(c.gpr[RSP] - STK, 0x90);
+        assert_eq!(
+            words32(&c)[8..],
+            [
+                0x7777_8888,
+                ((STK as u32 + 0xa0) & 0xffff) << 16 | 0x6666,
+                0x3333_4444,
+                0x1111_2222
+            ]
+        );
+        // "popad esp=+00c0 eax..edi = 11112f2f 11112e2e 11112d2d 11112c2c
+        //  (esp) 11112a2a 11112929 11112828"
+        let mut c = stack32();
+        run_ok(&mut c, &[0x61]);
+        assert_eq!(c.gpr[RSP] - STK, 0xc0);
+        let g = |c: &Cpu| [RAX, RCX, RDX, RBX, RBP, RSI, RDI].map(|r| c.gpr[r]);
+        assert_eq!(
+            g(&c),
+            [
+                0x1111_2f2f,
+                0x1111_2e2e,
+                0x1111_2d2d,
+                0x1111_2c2c,
+                0x1111_2a2a,
+                0x1111_2929,
+                0x1111_2828
+            ]
+        );
+        // "popaw esp=+00b0 aaaa1111 aaaa2b2b aaaa1111 aaaa2a2a (esp)
+        //  aaaa2929 aaaa1111 aaaa2828"
+        let mut c = stack32();
+        for r in [RAX, RCX, RDX, RBX, RBP, RSI, RDI] {
+            c.gpr[r] = 0xaaaa_aaaa;
+        }
+        run_ok(&mut c, &[0x66, 0x61]);
+        assert_eq!(c.gpr[RSP] - STK, 0xb0);
+        assert_eq!(
+            g(&c),
+            [
+                0xaaaa_1111,
+                0xaaaa_2b2b,
+                0xaaaa_1111,
+                0xaaaa_2a2a,
+                0xaaaa_2929,
+                0xaaaa_1111,
+                0xaaaa_2828
+            ]
+        );
+    }
+
+    #[test]
+    fn pm32_bcd_salc_and_atomics() {
+        let mut c = pm32();
+        // Host row "0 001a 001 0080 091": DAA with AL=1A, CF=1.
+        c.gpr[RAX] = 0x1a;
+        c.flags.set(CF);
+        run_ok(&mut c, &[0x27]);
+        assert_eq!((c.gpr[RAX], c.flags.get() & FL), (0x80, 0x91));
+        // Host row "2 00fa 000 0200 015"... (AAA of AX=00FA: AX + 0x106).
+        c.gpr[RAX] = 0xfa;
+        c.flags.set(0);
+        run_ok(&mut c, &[0x37]);
+        assert_eq!(c.gpr[RAX], 0x200);
+        // SALC: AL = CF ? FF : 00, flags untouched.
+        c.flags.set(CF | OF);
+        run_ok(&mut c, &[0xd6]);
+        assert_eq!((c.gpr[RAX], c.flags.get() & FL), (0x2ff, CF | OF));
+        // lock cmpxchg [ebx], ecx (equal, then unequal).
+        w32(&c, DATA, 5);
+        c.gpr[RBX] = DATA;
+        c.gpr[RAX] = 5;
+        c.gpr[RCX] = 9;
+        run_ok(&mut c, &[0xf0, 0x0f, 0xb1, 0x0b]);
+        assert_eq!((r32(&c, DATA), c.flags.zf()), (9, true));
+        run_ok(&mut c, &[0xf0, 0x0f, 0xb1, 0x0b]);
+        assert_eq!((c.gpr[RAX], c.flags.zf()), (9, false));
+        // cmpxchg8b [ebx].
+        c.gpr[RAX] = 9;
+        c.gpr[RDX] = 0;
+        c.gpr[RBX] = DATA;
+        c.gpr[RCX] = 0x1234;
+        run_ok(&mut c, &[0x0f, 0xc7, 0x0b]);
+        assert_eq!((r32(&c, DATA), r32(&c, DATA + 4)), (DATA as u32, 0x1234));
+        // 32-bit bt with a register offset of -1: bit 31 of [ebx-4].
+        w32(&c, DATA - 4, 0x8000_0000);
+        c.gpr[RAX] = 0xffff_ffff;
+        run_ok(&mut c, &[0x0f, 0xb3, 0x03]); // btr [ebx], eax
+        assert!(c.flags.cf());
+        assert_eq!(r32(&c, DATA - 4), 0);
+    }
+
+    struct Port {
+        next: u8,
+        written: Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl vireo_devices::BusDevice for Port {
+        fn read(&mut self, _offset: u64, data: &mut [u8]) {
+            for b in data.iter_mut() {
+                *b = self.next;
+                self.next = self.next.wrapping_add(1);
+            }
+        }
+        fn write(&mut self, _offset: u64, data: &[u8]) {
+            self.written.lock().unwrap().extend_from_slice(data);
+        }
+    }
+
+    #[test]
+    fn pm32_rep_ins_outs() {
+        let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut space = AddressSpace::new(GuestRam::new(4 << 20).unwrap());
+        let dev = Port {
+            next: 0x40,
+            written: written.clone(),
+        };
+        space
+            .pio
+            .insert(0x80, 4, Arc::new(std::sync::Mutex::new(dev)))
+            .unwrap();
+        let mut c = Cpu::new(Arc::new(space));
+        c.cr0 |= cr0::PE;
+        c.seg[CS] = Segment::flat32(8, true);
+        for s in [ES, SS, DS, FS, GS] {
+            c.seg[s] = Segment::flat32(16, false);
+        }
+        c.rip = CODE;
+        c.gpr[RDX] = 0x80;
+        c.gpr[RDI] = DATA;
+        c.gpr[RCX] = 5;
+        run_ok(&mut c, &[0xf3, 0x6c]); // rep insb
+        assert_eq!(ram_read(&c, DATA, 5), [0x40, 0x41, 0x42, 0x43, 0x44]);
+        assert_eq!((c.gpr[RDI], c.gpr[RCX]), (DATA + 5, 0));
+        c.gpr[RSI] = DATA;
+        c.gpr[RCX] = 2;
+        run_ok(&mut c, &[0x66, 0xf3, 0x6f]); // rep outsw
+        assert_eq!(*written.lock().unwrap(), [0x40, 0x41, 0x42, 0x43]);
+        assert_eq!(c.gpr[RSI], DATA + 4);
+    }
+
+    #[test]
+    fn pm32_rep_stos_over_following_code_is_seen() {
+        // rep stosb overwrites the two INT3 after it with NOPs; the block
+        // cache must drop the stale decode.
+        let mut c = pm32();
+        c.gpr[RAX] = 0x90;
+        c.gpr[RDI] = CODE + 2;
+        c.gpr[RCX] = 2;
+        run_ok(&mut c, &[0xf3, 0xaa, 0xcc, 0xcc, 0x90]);
+        assert_eq!(ram_read(&c, CODE + 2, 2), [0x90, 0x90]);
+    }
+
+    // -----------------------------------------------------------------------
+    // 64-bit forms
+
+    #[test]
+    fn lm64_register_writes_match_host() {
+        let mut c = lm64();
+        // Host: "shl eax,0 -> 0000000022222222" (the write zero-extends).
+        c.gpr[RAX] = 0x1111_1111_2222_2222;
+        c.gpr[RCX] = 0;
+        run_ok(&mut c, &[0xd3, 0xe0]);
+        assert_eq!(c.gpr[RAX], 0x2222_2222);
+        // Host: "bsf eax,0 -> 1111111122222222" (no write at all).
+        c.gpr[RAX] = 0x1111_1111_2222_2222;
+        c.gpr[RBX] = 0;
+        run_ok(&mut c, &[0x0f, 0xbc, 0xc3]);
+        assert_eq!(c.gpr[RAX], 0x1111_1111_2222_2222);
+        assert_eq!(c.flags.get() & FL, ZF | PF);
+        // Host: "bswap ax -> 1111111122220000".
+        c.gpr[RAX] = 0x1111_1111_2222_3344;
+        run_ok(&mut c, &[0x66, 0x0f, 0xc8]);
+        assert_eq!(c.gpr[RAX], 0x1111_1111_2222_0000);
+        // Host: "cmpxchg ne: rax=0000000000000002 rbx=bbbbbbbb00000002".
+        c.gpr[RAX] = 0xaaaa_aaaa_0000_0001;
+        c.gpr[RBX] = 0xbbbb_bbbb_0000_0002;
+        c.gpr[RDX] = 0xcccc_cccc_0000_0003;
+        run_ok(&mut c, &[0x0f, 0xb1, 0xd3]); // cmpxchg ebx, edx
+        assert_eq!((c.gpr[RAX], c.gpr[RBX]), (2, 0xbbbb_bbbb_0000_0002));
+        // Host: "cmpxchg eq: rax=aaaaaaaa00000002 rbx=0000000000000003".
+        c.gpr[RAX] = 0xaaaa_aaaa_0000_0002;
+        run_ok(&mut c, &[0x0f, 0xb1, 0xd3]);
+        assert_eq!((c.gpr[RAX], c.gpr[RBX]), (0xaaaa_aaaa_0000_0002, 3));
+        // Host: "xadd eax,eax -> 000000000000000a".
+        c.gpr[RAX] = 0x1111_1111_0000_0005;
+        run_ok(&mut c, &[0x0f, 0xc1, 0xc0]);
+        assert_eq!(c.gpr[RAX], 0xa);
+        // Host: "a32 rep movsb rcx=0 -> rcx=0" (from ffffffff00000000).
+        c.gpr[RCX] = 0xffff_ffff_0000_0000;
+        run_ok(&mut c, &[0x67, 0xf3, 0xa4]);
+        assert_eq!(c.gpr[RCX], 0);
+    }
+
+    #[test]
+    fn lm64_enter_matches_host() {
+        // Host (u64 stk[64] = 0x1000 + i, rsp = &stk[40], rbp = &stk[60]):
+        // "enter 0x10,3: rsp=stk+272 rbp=stk+312 [... 1023 &stk[39] 103a 103b &stk[60]]"
+        // "enter 0,33: rsp=stk+304 rbp=stk+312" (level taken mod 32).
+        for (code, rsp, tail) in [
+            (
+                &[0xc8u8, 0x10, 0x00, 0x03][..],
+                272,
+                &[STK + 312, 0x103a, 0x103b, STK + 480][..],
+            ),
+            (
+                &[0xc8, 0x00, 0x00, 0x21][..],
+                304,
+                &[STK + 312, STK + 480][..],
+            ),
+            (
+                &[0xc8, 0x08, 0x00, 0x02][..],
+                288,
+                &[STK + 312, 0x103b, STK + 480][..],
+            ),
+        ] {
+            let mut c = lm64();
+            for i in 0..64 {
+                c.space
+                    .ram
+                    .write_bytes(STK + 8 * i, &(0x1000 + i).to_le_bytes());
+            }
+            c.gpr[RSP] = STK + 320;
+            c.gpr[RBP] = STK + 480;
+            run_ok(&mut c, code);
+            assert_eq!((c.gpr[RSP] - STK, c.gpr[RBP] - STK), (rsp, 312));
+            let n = tail.len() as u64;
+            let got: Vec<u64> = (40 - n..40).map(|i| rd64(&c, STK + 8 * i)).collect();
+            assert_eq!(got, tail);
+        }
+    }
+
+    #[test]
+    fn lm64_cmpxchg16b_needs_alignment() {
+        let mut c = lm64();
+        c.gpr[RSI] = DATA + 8;
+        c.gpr[RAX] = 7;
+        let e = run(&mut c, &[0x48, 0x0f, 0xc7, 0x0e]); // cmpxchg16b [rsi]
+        assert_eq!(e, Some(Exc::gp(0)));
+        assert_eq!(c.gpr[RAX], 7);
+    }
+
+    #[test]
+    fn lm64_rep_with_zero_count_touches_nothing() {
+        let mut c = lm64();
+        // Unmapped (and non-canonical) pointers: no access may happen.
+        c.gpr[RSI] = 0x8000_0000_0000;
+        c.gpr[RDI] = 0x8000_0000_0000;
+        c.gpr[RCX] = 0;
+        for code in [
+            &[0xf3, 0xa4][..],
+            &[0xf3, 0x48, 0xab],
+            &[0xf3, 0xa6],
+            &[0xf2, 0xae],
+        ] {
+            c.flags.set(CF | ZF);
+            run_ok(&mut c, code);
+            assert_eq!(
+                (c.gpr[RSI], c.gpr[RDI], c.flags.get() & FL),
+                (0x8000_0000_0000, 0x8000_0000_0000, CF | ZF)
+            );
+        }
+    }
+
+    /// 64-bit mode with the first 2 MiB mapped by 4 KiB pages (table at
+    /// 0x4000) so single pages can be unmapped.
+    fn lm64_4k() -> Cpu {
+        let c = lm64();
+        c.space.ram.write_bytes(0x3000, &(0x4003u64).to_le_bytes());
+        for i in 0..512u64 {
+            c.space
+                .ram
+                .write_bytes(0x4000 + 8 * i, &((i << 12) | 3).to_le_bytes());
+        }
+        c
+    }
+
+    fn set_pte(c: &mut Cpu, page: u64, present: bool) {
+        let v = page | if present { 3 } else { 0 };
+        c.space
+            .ram
+            .write_bytes(0x4000 + 8 * (page >> 12), &v.to_le_bytes());
+        c.flush_tlb(false);
+    }
+
+    #[test]
+    fn lm64_rep_movs_page_fault_is_restartable() {
+        for df in [false, true] {
+            let mut c = lm64_4k();
+            let src: Vec<u8> = (0..0x200u32).map(|i| (i * 7) as u8).collect();
+            c.space.ram.write_bytes(0x24f00, &src);
+            set_pte(&mut c, 0x25000, false);
+            if df {
+                // Backwards from the top: the fault comes at element 0x100.
+                c.flags.set(DF);
+                c.gpr[RSI] = 0x250ff;
+                c.gpr[RDI] = 0x301ff;
+            } else {
+                c.gpr[RSI] = 0x24f00;
+                c.gpr[RDI] = 0x30000;
+            }
+            c.gpr[RCX] = 0x200;
+            let code = [0xf3, 0xa4];
+            let e = run(&mut c, &code);
+            assert_eq!(e.map(|e| e.vector), Some(vec::PF));
+            assert_eq!(c.cr2, 0x25000 + if df { 0xff } else { 0 });
+            assert_eq!(c.rip, CODE, "RIP stays on the instruction");
+            if df {
+                assert_eq!(
+                    (c.gpr[RCX], c.gpr[RSI], c.gpr[RDI]),
+                    (0x200, 0x250ff, 0x301ff)
+                );
+            } else {
+                assert_eq!(
+                    (c.gpr[RCX], c.gpr[RSI], c.gpr[RDI]),
+                    (0x100, 0x25000, 0x30100)
+                );
+                assert_eq!(ram_read(&c, 0x30000, 0x100), src[..0x100]);
+            }
+            // Map the page and resume where it stopped.
+            set_pte(&mut c, 0x25000, true);
+            c.shutdown = false;
+            c.last_exception = None;
+            for _ in 0..10 {
+                c.run(1);
+                if c.rip == CODE + 2 {
+                    break;
+                }
+            }
+            assert_eq!(c.last_exception, None);
+            assert_eq!(c.gpr[RCX], 0);
+            // Both directions cover 0x24f00..0x25100 -> 0x30000..0x30200.
+            assert_eq!(ram_read(&c, 0x30000, 0x200), ram_read(&c, 0x24f00, 0x200));
+        }
+    }
+
+    #[test]
+    fn lm64_long_rep_runs_yield_and_finish() {
+        let mut c = lm64();
+        // 1 MiB of rep stosq through the bulk path.
+        c.gpr[RDI] = 0x10_0000;
+        c.gpr[RCX] = 0x2_0000;
+        c.gpr[RAX] = 0x0123_4567_89ab_cdef;
+        let code = [0xf3, 0x48, 0xab];
+        c.space.ram.write_bytes(CODE, &code);
+        c.rip = CODE;
+        // One instruction's worth of budget does part of the work, then the
+        // instruction is left to be re-executed.
+        c.run(1);
+        assert_eq!(c.rip, CODE);
+        assert!(c.gpr[RCX] > 0 && c.gpr[RCX] < 0x2_0000);
+        let before = c.icount;
+        run_ok(&mut c, &code);
+        assert!(c.icount - before > 2);
+        assert_eq!((c.gpr[RCX], c.gpr[RDI]), (0, 0x20_0000));
+        assert_eq!(rd64(&c, 0x10_0000), 0x0123_4567_89ab_cdef);
+        assert_eq!(rd64(&c, 0x1f_fff8), 0x0123_4567_89ab_cdef);
+        // Backwards byte copy (element path) of 0x30000 bytes.
+        let pat: Vec<u8> = (0..0x3_0000u32).map(|i| (i ^ (i >> 8)) as u8).collect();
+        c.space.ram.write_bytes(0x10_0000, &pat);
+        c.flags.set(DF);
+        c.gpr[RSI] = 0x12_ffff;
+        c.gpr[RDI] = 0x22_ffff;
+        c.gpr[RCX] = 0x3_0000;
+        let before = c.icount;
+        run_ok(&mut c, &[0xf3, 0xa4]);
+        assert!(c.icount - before >= 0x3_0000 / REP_BUDGET as u64);
+        assert_eq!(ram_read(&c, 0x20_0000, 0x3_0000), pat);
+        assert_eq!(
+            (c.gpr[RSI], c.gpr[RDI], c.gpr[RCX]),
+            (0xf_ffff, 0x1f_ffff, 0)
+        );
+    }
+
+    #[test]
+    fn lm64_rep_movsb_overlap_replicates() {
+        let mut c = lm64();
+        c.space.ram.write_bytes(DATA, &[0xab, 1, 2, 3]);
+        c.gpr[RSI] = DATA;
+        c.gpr[RDI] = DATA + 1;
+        c.gpr[RCX] = 3000; // crosses a page: bulk chunk, then the next
+        run_ok(&mut c, &[0xf3, 0xa4]);
+        assert!(ram_read(&c, DATA, 3001).iter().all(|&b| b == 0xab));
+        // Moving down over itself is a plain memmove.
+        let pat: Vec<u8> = (0..64).collect();
+        c.space.ram.write_bytes(DATA + 0x2000, &pat);
+        c.gpr[RSI] = DATA + 0x2008;
+        c.gpr[RDI] = DATA + 0x2000;
+        c.gpr[RCX] = 7;
+        run_ok(&mut c, &[0xf3, 0x48, 0xa5]); // rep movsq
+        assert_eq!(ram_read(&c, DATA + 0x2000, 56), pat[8..64]);
+    }
+
     // -----------------------------------------------------------------------
     // The host CPU as oracle: the same instruction bytes run natively (in a
     // small JIT stub) and in the emulator in 64-bit mode, from the same
@@ -1932,10 +2574,10 @@ mod tests {
             v
         }
 
-        /// A VEX-encoded (C4) instruction on registers 0..7.
+        /// A VEX-encoded (C4) instruction on registers 0..7: `mp` is (opcode
+        /// map, implied prefix).
         pub fn vex(
-            map: u8,
-            pp: u8,
+            mp: (u8, u8),
             w: bool,
             vvvv: u8,
             op: u8,
@@ -1945,8 +2587,8 @@ mod tests {
         ) -> Vec<u8> {
             let mut v = vec![
                 0xc4,
-                0xe0 | map,
-                ((w as u8) << 7) | ((!vvvv & 0xf) << 3) | pp,
+                0xe0 | mp.0,
+                ((w as u8) << 7) | ((!vvvv & 0xf) << 3) | mp.1,
                 op,
             ];
             match rm {
@@ -2387,18 +3029,21 @@ mod tests {
                 }
                 let imm = [r.next() as u8];
                 let (code, defined) = match r.below(12) {
-                    0 => (vex(2, 0, w, b, 0xf2, a, rm, &[]), SF | ZF | CF | OF),
-                    1 => (vex(2, 0, w, b, 0xf7, a, rm, &[]), ZF | CF | OF),
-                    2 => (vex(2, 0, w, a, 0xf3, 3, rm, &[]), SF | ZF | CF | OF),
-                    3 => (vex(2, 0, w, a, 0xf3, 2, rm, &[]), SF | ZF | CF | OF),
-                    4 => (vex(2, 0, w, a, 0xf3, 1, rm, &[]), SF | ZF | CF | OF),
-                    5 => (vex(2, 0, w, b, 0xf5, a, rm, &[]), SF | ZF | CF | OF),
-                    6 => (vex(2, 3, w, b, 0xf5, a, rm, &[]), ARITH),
-                    7 => (vex(2, 2, w, b, 0xf5, a, rm, &[]), ARITH),
-                    8 => (vex(2, 3, w, b, 0xf6, a, rm, &[]), ARITH),
-                    9 => (vex(3, 3, w, 0, 0xf0, a, rm, &imm), ARITH),
-                    10 => (vex(2, 2 + r.below(2) as u8, w, b, 0xf7, a, rm, &[]), ARITH),
-                    _ => (vex(2, 1, w, b, 0xf7, a, rm, &[]), ARITH),
+                    0 => (vex((2, 0), w, b, 0xf2, a, rm, &[]), SF | ZF | CF | OF),
+                    1 => (vex((2, 0), w, b, 0xf7, a, rm, &[]), ZF | CF | OF),
+                    2 => (vex((2, 0), w, a, 0xf3, 3, rm, &[]), SF | ZF | CF | OF),
+                    3 => (vex((2, 0), w, a, 0xf3, 2, rm, &[]), SF | ZF | CF | OF),
+                    4 => (vex((2, 0), w, a, 0xf3, 1, rm, &[]), SF | ZF | CF | OF),
+                    5 => (vex((2, 0), w, b, 0xf5, a, rm, &[]), SF | ZF | CF | OF),
+                    6 => (vex((2, 3), w, b, 0xf5, a, rm, &[]), ARITH),
+                    7 => (vex((2, 2), w, b, 0xf5, a, rm, &[]), ARITH),
+                    8 => (vex((2, 3), w, b, 0xf6, a, rm, &[]), ARITH),
+                    9 => (vex((3, 3), w, 0, 0xf0, a, rm, &imm), ARITH),
+                    10 => (
+                        vex((2, 2 + r.below(2) as u8), w, b, 0xf7, a, rm, &[]),
+                        ARITH,
+                    ),
+                    _ => (vex((2, 1), w, b, 0xf7, a, rm, &[]), ARITH),
                 };
                 cases.push(case(code, st, &mut r, ptrs, defined));
             }
