@@ -1,6 +1,6 @@
 //! More integer instructions: shifts and rotates, multiply/divide, string
-//! operations, BCD, bit operations, atomics, ENTER/PUSHA/POPA and friends
-//! (SDM vol. 2).
+//! operations, BCD, bit operations, BMI1/BMI2/ADX, atomics, ENTER/PUSHA/POPA,
+//! XLAT, BOUND, SALC and hint NOPs (SDM vol. 2).
 //!
 //! Flags the SDM leaves undefined are produced the way the Intel core this
 //! was developed on produces them (each case is pinned by a test quoting the
