@@ -1,6 +1,6 @@
 //! More integer instructions: shifts and rotates, multiply/divide, string
-//! operations, BCD, bit operations, atomics, ENTER/PUSHA/POPA and friends
-//! (SDM vol. 2).
+//! operations, BCD, bit operations, BMI1/BMI2/ADX, atomics, ENTER/PUSHA/POPA,
+//! XLAT, BOUND, SALC and hint NOPs (SDM vol. 2).
 //!
 //! Flags the SDM leaves undefined are produced the way the Intel core this
 //! was developed on produces them (each case is pinned by a test quoting the
@@ -79,6 +79,10 @@ pub(super) fn lookup(ins: &Instruction) -> Option<Handler> {
         {
             bmi
         }
+        // Hint space that executes as NOP without CET (ENDBR, RDSSP leave
+        // everything unchanged; glibc probes RDSSP) and reserved NOPs.
+        M::Endbr32 | M::Endbr64 | M::Rdsspd | M::Rdsspq | M::Reservednop => |_, _| Ok(()),
+        M::Ud0 | M::Ud1 | M::Ud2 => |_, _| Err(Exc::UD),
         _ => return string_lookup(ins),
     })
 }
@@ -1709,6 +1713,51 @@ mod tests {
         assert_eq!(c.gpr[RAX], 0x55);
     }
 
+    #[test]
+    fn real_enter_16bit_stack() {
+        // As the host's "enterw" on a 32-bit stack, with SP/BP arithmetic in
+        // 16 bits: push BP, copy one outer frame pointer, push the frame.
+        let mut c = real();
+        c.space.ram.write_bytes(DATA + 0x1fe, &[0xef, 0xbe]);
+        c.gpr[RSP] = 0xabcd_0100;
+        c.gpr[RBP] = 0x1234_0200;
+        run_ok(&mut c, &[0xc8, 0x08, 0x00, 0x02]); // enter 8, 2
+        assert_eq!((c.gpr[RSP], c.gpr[RBP]), (0xabcd_00f2, 0x1234_00fe));
+        assert_eq!(
+            ram_read(&c, DATA + 0xfa, 6),
+            [0xfe, 0x00, 0xef, 0xbe, 0x00, 0x02]
+        );
+    }
+
+    #[test]
+    fn real_mul_div_16bit() {
+        // Host: "mulb bl a=81 b=3 -> ax=183 f=881" and "imulb a=81 b=3 ->
+        // ax=fe83 f=881"; 16-bit DIV splits DX:AX.
+        let mut c = real();
+        c.gpr[RAX] = 0x81;
+        c.gpr[RBX] = 3;
+        run_ok(&mut c, &[0xf6, 0xe3]); // mul bl
+        assert_eq!((c.gpr[RAX], c.flags.get() & FL), (0x183, 0x881));
+        c.gpr[RAX] = 0x81;
+        run_ok(&mut c, &[0xf6, 0xeb]); // imul bl
+        assert_eq!((c.gpr[RAX], c.flags.get() & FL), (0xfe83, 0x881));
+        c.gpr[RAX] = 0x5678;
+        c.gpr[RDX] = 0x1234;
+        c.gpr[RBX] = 0x4321;
+        run_ok(&mut c, &[0xf7, 0xf3]); // div bx: 0x12345678 / 0x4321
+        assert_eq!(
+            (c.gpr[RAX], c.gpr[RDX]),
+            (0x12345678 / 0x4321, 0x12345678 % 0x4321)
+        );
+        // imul ax, [bx+si], -3 (three-operand form, 16-bit addressing).
+        c.space.ram.write_bytes(DATA + 0x10, &[0x00, 0x30]);
+        c.gpr[RBX] = 0x8;
+        c.gpr[RSI] = 0x8;
+        run_ok(&mut c, &[0x6b, 0x00, 0xfd]);
+        assert_eq!(c.gpr[RAX] & 0xffff, 0x3000u16.wrapping_mul(0xfffd) as u64);
+        assert_eq!(c.flags.get() & (CF | OF), CF | OF);
+    }
+
     // -----------------------------------------------------------------------
     // 32-bit forms (expected values from a 32-bit program on the host)
 
@@ -1993,6 +2042,24 @@ mod tests {
         c.gpr[RCX] = 0xffff_ffff_0000_0000;
         run_ok(&mut c, &[0x67, 0xf3, 0xa4]);
         assert_eq!(c.gpr[RCX], 0);
+    }
+
+    #[test]
+    fn lm64_hint_nops_and_ud2() {
+        let mut c = lm64();
+        c.gpr[RAX] = 0x1234;
+        c.flags.set(CF);
+        // endbr64; endbr32; rdsspq rax; rdsspd eax; nop dword [rax] (0F 1F)
+        // and a reserved NOP (0F 19 /0).
+        run_ok(
+            &mut c,
+            &[
+                0xf3, 0x0f, 0x1e, 0xfa, 0xf3, 0x0f, 0x1e, 0xfb, 0xf3, 0x48, 0x0f, 0x1e, 0xc8, 0xf3,
+                0x0f, 0x1e, 0xc8, 0x0f, 0x1f, 0x00, 0x0f, 0x19, 0xc0,
+            ],
+        );
+        assert_eq!((c.gpr[RAX], c.flags.get() & FL), (0x1234, CF));
+        assert_eq!(run(&mut c, &[0x0f, 0x0b]), Some(Exc::UD));
     }
 
     #[test]
