@@ -439,6 +439,20 @@ impl Cpu {
         }
     }
 
+    /// In 64-bit mode a non-canonical address raises #SS(0) for stack
+    /// accesses and #GP(0) otherwise (SDM vol. 3 §3.3.7.1).
+    #[inline(always)]
+    fn check_canonical(&self, seg: usize, lin: u64) -> R {
+        if self.mode64() && ((lin as i64) << 16 >> 16) as u64 != lin {
+            return Err(if seg == super::SS {
+                Exc::ss(0)
+            } else {
+                Exc::gp(0)
+            });
+        }
+        Ok(())
+    }
+
     /// True for accesses checked as user-mode (CPL 3).
     #[inline(always)]
     pub fn user(&self) -> bool {
@@ -449,6 +463,7 @@ impl Cpu {
     #[inline(always)]
     pub fn read_mem(&mut self, seg: usize, off: u64, size: u8) -> R<u64> {
         let lin = self.lin(seg, off);
+        self.check_canonical(seg, lin)?;
         let user = self.user();
         self.read_lin(lin, size, Access::Read, user)
     }
@@ -457,6 +472,7 @@ impl Cpu {
     #[inline(always)]
     pub fn write_mem(&mut self, seg: usize, off: u64, size: u8, v: u64) -> R {
         let lin = self.lin(seg, off);
+        self.check_canonical(seg, lin)?;
         let user = self.user();
         self.write_lin(lin, size, v, user)
     }
