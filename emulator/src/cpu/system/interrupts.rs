@@ -194,16 +194,16 @@ impl Cpu {
             if off + 5 > tr.limit as u64 {
                 return Err(err);
             }
-            let sp = self.read_sys(self.wrap_lin(tr.base + off), 4)?;
-            let ss = self.read_sys(self.wrap_lin(tr.base + off + 4), 2)?;
+            let sp = self.read_sys(self.wrap_lin(tr.base.wrapping_add(off)), 4)?;
+            let ss = self.read_sys(self.wrap_lin(tr.base.wrapping_add(off + 4)), 2)?;
             Ok((ss as u16, sp))
         } else {
             let off = 2 + 4 * cpl as u64;
             if off + 3 > tr.limit as u64 {
                 return Err(err);
             }
-            let sp = self.read_sys(self.wrap_lin(tr.base + off), 2)?;
-            let ss = self.read_sys(self.wrap_lin(tr.base + off + 2), 2)?;
+            let sp = self.read_sys(self.wrap_lin(tr.base.wrapping_add(off)), 2)?;
+            let ss = self.read_sys(self.wrap_lin(tr.base.wrapping_add(off + 2)), 2)?;
             Ok((ss as u16, sp))
         }
     }
@@ -451,12 +451,12 @@ impl Cpu {
         if tr.limit < 0x67 {
             return Err(Exc::gp(0));
         }
-        let map = self.read_sys(self.wrap_lin(tr.base + 0x66), 2)?;
+        let map = self.read_sys(self.wrap_lin(tr.base.wrapping_add(0x66)), 2)?;
         let byte = map + (port as u64 >> 3);
         if byte + 1 > tr.limit as u64 {
             return Err(Exc::gp(0));
         }
-        let bits = self.read_sys(self.wrap_lin(tr.base + byte), 2)?;
+        let bits = self.read_sys(self.wrap_lin(tr.base.wrapping_add(byte)), 2)?;
         let want = ((1u64 << size.min(4)) - 1) << (port & 7);
         if bits & want != 0 {
             return Err(Exc::gp(0));

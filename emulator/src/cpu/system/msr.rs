@@ -72,6 +72,8 @@ pub(crate) mod idx {
 
 /// MTRRcap: 8 variable ranges, fixed ranges, write-combining.
 const MTRRCAP_VALUE: u64 = 8 | (1 << 8) | (1 << 10);
+/// IA32_MISC_ENABLE bits that always read as 1: BTS and PEBS unavailable.
+const MISC_ENABLE_FIXED: u64 = (1 << 11) | (1 << 12);
 /// Microcode revision reported in IA32_BIOS_SIGN_ID[63:32].
 const MICROCODE_REV: u64 = 1;
 
@@ -138,7 +140,7 @@ impl Cpu {
             idx::SYSENTER_ESP => m.sysenter_esp,
             idx::SYSENTER_EIP => m.sysenter_eip,
             idx::MCG_CAP | idx::MCG_STATUS => 0,
-            idx::MISC_ENABLE => m.misc_enable,
+            idx::MISC_ENABLE => m.misc_enable | MISC_ENABLE_FIXED,
             0x200..=0x20f => m.mtrr_var[(index - idx::MTRR_PHYS_BASE0) as usize],
             idx::PAT => m.pat,
             idx::MTRR_DEF_TYPE => m.mtrr_def_type,
@@ -180,6 +182,12 @@ impl Cpu {
             idx::SYSENTER_ESP => self.msr.sysenter_esp = require_canonical(v)?,
             idx::SYSENTER_EIP => self.msr.sysenter_eip = require_canonical(v)?,
             idx::MCG_STATUS if v == 0 => {}
+            // Read-only registers.
+            idx::PLATFORM_ID
+            | idx::FEATURE_CONTROL
+            | idx::MTRRCAP
+            | idx::MCG_CAP
+            | idx::MCG_STATUS => return Err(Exc::gp(0)),
             idx::MISC_ENABLE => self.msr.misc_enable = v,
             0x200..=0x20f => {
                 let i = (index - idx::MTRR_PHYS_BASE0) as usize;

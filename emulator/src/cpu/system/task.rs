@@ -40,7 +40,8 @@ const LDT: u64 = 0x60;
 
 impl Cpu {
     fn read_tss(&mut self, base: u64) -> R<TssImage> {
-        let rd = |c: &mut Cpu, off: u64, size: u8| c.read_sys(c.wrap_lin(base + off), size);
+        let rd =
+            |c: &mut Cpu, off: u64, size: u8| c.read_sys(c.wrap_lin(base.wrapping_add(off)), size);
         let cr3 = rd(self, 0x1c, 4)?;
         let eip = rd(self, EIP, 4)?;
         let eflags = rd(self, EFLAGS, 4)?;
@@ -103,7 +104,7 @@ impl Cpu {
         }
         // Make sure the old TSS is writable before changing anything.
         for off in [EIP, SEGS + 0x17] {
-            let lin = self.wrap_lin(old.base + off);
+            let lin = self.wrap_lin(old.base.wrapping_add(off));
             self.translate(lin, Access::Write, false)?;
         }
         if matches!(reason, Reason::Call | Reason::Int) {
@@ -120,7 +121,7 @@ impl Cpu {
         // Save the current task.
         let ob = old.base;
         let wr = |c: &mut Cpu, off: u64, size: u8, v: u64| {
-            let lin = c.wrap_lin(ob + off);
+            let lin = c.wrap_lin(ob.wrapping_add(off));
             c.write_sys(lin, size, v)
         };
         wr(self, EIP, 4, self.rip & 0xffff_ffff)?;

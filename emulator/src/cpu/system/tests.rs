@@ -1024,3 +1024,213 @@ fn cpuid_table() {
     assert_eq!(cpuid_leaf(0x20, 0), cpuid_leaf(7, 0));
     assert_eq!(cpuid_leaf(0x8000_0020, 0), cpuid_leaf(7, 0));
 }
+
+#[test]
+fn v86_interrupt_round_trip() {
+    let mut m = pm32();
+    m.code(32, CODE, |a| {
+        for s in [
+            0u32,
+            0,
+            0x600,
+            0x500,
+            0x3000,
+            0x900,
+            0x3202 | flags::VM as u32,
+            0x2000,
+            0x100,
+        ] {
+            a.push(s)?;
+        }
+        a.iretd()
+    });
+    m.code(16, 0x20100, |a| {
+        a.mov(ax, 0x1234)?;
+        a.int(0x21)?;
+        a.mov(word_ptr(0x10), ax)?;
+        a.hlt()
+    });
+    // INT 21h handler (ring 0): AX += 1, back to virtual-8086 mode.
+    m.code(32, H0, |a| {
+        a.add(eax, 1)?;
+        a.iretd()
+    });
+    recorder32(&m, H1, vec::GP, true);
+    m.idt32(0x21, K_CS, H0, 0xee);
+    m.idt32(vec::GP, K_CS, H1, 0x8e);
+    assert_eq!(m.run(), CpuExit::Halted);
+    // DS = 0x600: the V86 store went to 0x6010.
+    assert_eq!(m.r32(0x6010) & 0xffff, 0x1235);
+    // HLT in V86 mode is #GP(0).
+    assert_eq!(m.r32(RES), vec::GP as u32);
+    assert_eq!(m.r32(RES + 4), 0);
+    assert_eq!(m.r32(RES + 8), 0x108);
+}
+
+#[test]
+fn int3_into_through_trap_gates() {
+    let mut m = pm32();
+    m.code(32, H0, |a| {
+        a.pushfd()?;
+        a.pop(ebx)?;
+        a.mov(ecx, dword_ptr(esp))?;
+        a.iretd()
+    });
+    m.code(32, H1, |a| {
+        a.mov(edx, dword_ptr(esp))?;
+        a.iretd()
+    });
+    m.idt32(vec::BP, K_CS, H0, 0x8f);
+    m.idt32(vec::OF, K_CS, H1, 0x8f);
+    m.code(32, CODE, |a| {
+        a.sti()?;
+        a.int3()?;
+        a.mov(esi, 0x7fff_ffff)?;
+        a.into()?;
+        a.add(esi, 1)?;
+        a.into()?;
+        a.hlt()
+    });
+    assert_eq!(m.run(), CpuExit::Halted);
+    assert_ne!(m.gpr(reg::RBX) & flags::IF, 0, "trap gate keeps IF");
+    assert_eq!(m.gpr(reg::RCX), CODE + 2, "INT3 returns after itself");
+    assert_eq!(
+        m.gpr(reg::RDX),
+        CODE + 2 + 5 + 1 + 3 + 1,
+        "INTO traps only with OF"
+    );
+}
+
+struct Pic {
+    pending: std::sync::Mutex<Vec<u8>>,
+}
+
+impl super::super::InterruptController for Pic {
+    fn has_interrupt(&self) -> bool {
+        !self.pending.lock().unwrap().is_empty()
+    }
+    fn acknowledge(&self) -> Option<u8> {
+        self.pending.lock().unwrap().pop()
+    }
+}
+
+#[test]
+fn external_interrupts() {
+    // Real mode: HLT wakes up, the handler IRETs past the HLT.
+    let mut m = M::new();
+    let pic = Arc::new(Pic {
+        pending: std::sync::Mutex::new(Vec::new()),
+    });
+    m.cpu.set_interrupt_controller(pic.clone());
+    m.cpu.seg[CS] = Segment::real(0);
+    m.cpu.seg[SS] = Segment::real(0);
+    m.cpu.gpr[reg::RSP] = 0x7000;
+    m.cpu.rip = 0x7c00;
+    m.w16(0x08 * 4, 0x2000);
+    m.w16(0x08 * 4 + 2, 0);
+    m.code(16, 0x2000, |a| {
+        a.inc(bx)?;
+        a.iret()
+    });
+    m.code(16, 0x7c00, |a| {
+        a.sti()?;
+        a.hlt()?;
+        a.mov(cx, 0x55)?;
+        a.hlt()
+    });
+    assert_eq!(m.run(), CpuExit::Halted);
+    pic.pending.lock().unwrap().push(0x08);
+    assert_eq!(m.run(), CpuExit::Halted);
+    assert_eq!(m.gpr(reg::RBX), 1);
+    assert_eq!(m.gpr(reg::RCX), 0x55);
+    // Protected mode, gate not present: #NP(vector*8 + 2 + EXT).
+    let mut m = pm32();
+    m.cpu.set_interrupt_controller(pic.clone());
+    recorder32(&m, H0, vec::NP, true);
+    m.idt32(vec::NP, K_CS, H0, 0x8e);
+    m.idt32(0x30, K_CS, H1, 0x0e);
+    m.code(32, CODE, |a| {
+        a.sti()?;
+        a.nop()?;
+        a.hlt()
+    });
+    pic.pending.lock().unwrap().push(0x30);
+    assert_eq!(m.run(), CpuExit::Halted);
+    assert_eq!(m.r32(RES + 4), 0x30 * 8 + 3);
+}
+
+#[test]
+fn ldt_segments_and_mov_ss_inhibit() {
+    let mut m = pm32();
+    // LDT at 0x4000 with one data segment (index 1) based at 0x12000.
+    m.gdt(0x60, seg_desc(0x4000, 0x0f, 0x82, 0));
+    m.w64(0x4008, seg_desc(0x12000, 0xffff, 0x92, 0));
+    m.code(32, CODE, |a| {
+        a.mov(eax, 0x60)?;
+        a.lldt(ax)?;
+        a.mov(eax, 0x0c)?;
+        a.mov(es, ax)?;
+        a.mov(dword_ptr(0).es(), 0xabcd)?;
+        a.mov(eax, K_DS as u32)?;
+        a.mov(ss, ax)?;
+        a.hlt()
+    });
+    for _ in 0..7 {
+        m.cpu.step();
+    }
+    assert!(m.cpu.irq_inhibit, "MOV SS inhibits interrupts");
+    assert_eq!(m.run(), CpuExit::Halted);
+    assert_eq!(m.cpu.seg[ES].base, 0x12000);
+    assert_eq!(m.r32(0x12000), 0xabcd);
+    assert_eq!(m.cpu.ldtr.selector, 0x60);
+}
+
+#[test]
+fn jmp_through_task_gate() {
+    let mut m = pm32();
+    tss_image(&m, TSS2, H1, 0x60000);
+    m.gdt(0x68, gate(TSS2_SEL, 0, 0xe5, 0));
+    m.code(32, H1, |a| {
+        a.pushfd()?;
+        a.pop(esi)?;
+        a.hlt()
+    });
+    m.code(32, CODE, |a| {
+        a.mov(ebx, 0x4321)?;
+        a.db(&[0xea, 0, 0, 0, 0])?;
+        a.dw(&[0x68])
+    });
+    m.w32(TSS2, 0xdead);
+    assert_eq!(m.run(), CpuExit::Halted);
+    assert_eq!(m.cpu.tr.selector, TSS2_SEL);
+    assert_eq!(m.gpr(reg::RSI) & flags::NT, 0, "JMP does not nest");
+    assert_eq!(m.r32(TSS2), 0xdead, "no back link");
+    assert_eq!(m.r32(TSS + 0x34), 0x4321, "EBX saved");
+    assert_eq!(
+        (m.r64(GDT + TSS_SEL as u64) >> 40) & 0xf,
+        0x9,
+        "old TSS not busy"
+    );
+    assert_eq!((m.r64(GDT + TSS2_SEL as u64) >> 40) & 0xf, 0xb);
+}
+
+#[test]
+fn sixteen_bit_interrupt_gate() {
+    let mut m = pm32();
+    m.code(32, 0x9000, |a| {
+        a.mov(ebx, esp)?;
+        a.iret()
+    });
+    m.idt32(0x40, K_CS, 0x9000, 0x86);
+    // 16-bit gates push a 16-bit IP: the code must sit below 64 KiB.
+    m.cpu.rip = 0x8000;
+    m.code(32, 0x8000, |a| {
+        a.int(0x40)?;
+        a.mov(ecx, esp)?;
+        a.hlt()
+    });
+    assert_eq!(m.run(), CpuExit::Halted);
+    assert_eq!(m.gpr(reg::RBX), K_STACK - 6);
+    assert_eq!(m.gpr(reg::RCX), K_STACK);
+    assert_eq!(m.r32(K_STACK - 6) & 0xffff, 0x8002);
+}
