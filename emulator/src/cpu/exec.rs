@@ -250,6 +250,9 @@ impl Cpu {
     fn block(&mut self) -> R<Arc<Block>> {
         let bitness = self.bitness();
         let lin = self.lin(super::CS, self.rip);
+        if bitness == 64 && ((lin as i64) << 16 >> 16) as u64 != lin {
+            return Err(Exc::gp(0));
+        }
         let user = self.user();
         let phys = self.fetch_phys(lin, user)?;
         let key = (phys, self.rip, bitness);
@@ -345,6 +348,7 @@ impl Cpu {
                         if let Some(v) = ic.acknowledge() {
                             self.halted = false;
                             self.external_interrupt(v);
+                            self.stop_block = false;
                             continue;
                         }
                     }
@@ -357,6 +361,7 @@ impl Cpu {
                 Ok(b) => b,
                 Err(e) => {
                     self.raise(e);
+                    self.stop_block = false;
                     continue;
                 }
             };
@@ -366,6 +371,7 @@ impl Cpu {
                 if let Err(e) = (d.handler)(self, d) {
                     self.rip = d.ins.ip();
                     self.raise(e);
+                    self.stop_block = false;
                     break;
                 }
                 self.icount += 1;

@@ -491,6 +491,7 @@ impl Cpu {
         self.msr = Msrs {
             apic_base: 0xfee0_0900,
             pat: 0x0007_0406_0007_0406,
+            misc_enable: 1,
             ..Default::default()
         };
         self.cpl = 0;

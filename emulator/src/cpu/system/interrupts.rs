@@ -135,10 +135,6 @@ impl Cpu {
                     } else {
                         second
                     };
-                    self.last_exception = Some(Exc {
-                        vector: ev.vector,
-                        code: ev.code,
-                    });
                 }
             }
         }
