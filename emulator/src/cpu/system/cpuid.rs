@@ -18,13 +18,13 @@ pub(crate) const HAS_POPCNT: bool = true;
 /// CMPXCHG16B (leaf 1 ECX[13]).
 pub(crate) const HAS_CX16: bool = true;
 /// MOVBE (leaf 1 ECX[22]).
-pub(crate) const HAS_MOVBE: bool = false;
+pub(crate) const HAS_MOVBE: bool = true;
 /// BMI1 (leaf 7 EBX[3]).
-pub(crate) const HAS_BMI1: bool = false;
+pub(crate) const HAS_BMI1: bool = true;
 /// BMI2 (leaf 7 EBX[8]).
-pub(crate) const HAS_BMI2: bool = false;
+pub(crate) const HAS_BMI2: bool = true;
 /// LZCNT (leaf 0x80000001 ECX[5]).
-pub(crate) const HAS_LZCNT: bool = false;
+pub(crate) const HAS_LZCNT: bool = true;
 
 use super::super::exec::Insn;
 use super::super::{reg, Cpu, R};
