@@ -439,6 +439,62 @@ impl Cpu {
         }
     }
 
+    /// Segment limit and type checks outside 64-bit mode (SDM vol. 3 §5.3,
+    /// §5.4.1): #SS(0) for SS, #GP(0) otherwise.
+    #[inline(always)]
+    fn check_segment(&self, seg: usize, off: u64, size: u8, write: bool) -> R {
+        let s = &self.seg[seg];
+        // Present, writable, expand-up data spanning 4 GiB: nothing to check.
+        if s.limit == u32::MAX && s.attr & 0x9e == 0x92 || self.mode64() {
+            return Ok(());
+        }
+        self.check_segment_slow(seg, off, size, write)
+    }
+
+    #[inline(never)]
+    fn check_segment_slow(&self, seg: usize, off: u64, size: u8, write: bool) -> R {
+        use super::attr;
+        let s = &self.seg[seg];
+        let fault = || {
+            if seg == super::SS {
+                Exc::ss(0)
+            } else {
+                Exc::gp(0)
+            }
+        };
+        let last = off.wrapping_add(size as u64 - 1);
+        if !self.protected() || self.v86() {
+            // Real and virtual-8086 mode: the limit only.
+            return if last > s.limit as u64 || last < off {
+                Err(fault())
+            } else {
+                Ok(())
+            };
+        }
+        if s.attr & attr::P == 0 || s.attr & attr::S == 0 {
+            return Err(fault());
+        }
+        let code = s.attr & attr::CODE != 0;
+        let rw = s.attr & 2 != 0;
+        if (write && (code || !rw)) || (!write && code && !rw) {
+            return Err(fault());
+        }
+        if !code && s.attr & 4 != 0 {
+            // Expand-down: valid offsets are limit+1 ..= 0xffff or 0xffffffff.
+            let upper = if s.attr & attr::DB != 0 {
+                0xffff_ffff
+            } else {
+                0xffff
+            };
+            if off <= s.limit as u64 || last > upper || last < off {
+                return Err(fault());
+            }
+        } else if last > s.limit as u64 || last < off {
+            return Err(fault());
+        }
+        Ok(())
+    }
+
     /// In 64-bit mode a non-canonical address raises #SS(0) for stack
     /// accesses and #GP(0) otherwise (SDM vol. 3 §3.3.7.1).
     #[inline(always)]
@@ -462,6 +518,7 @@ impl Cpu {
     /// Reads `size` bytes at `seg:off` with the current privilege.
     #[inline(always)]
     pub fn read_mem(&mut self, seg: usize, off: u64, size: u8) -> R<u64> {
+        self.check_segment(seg, off, size, false)?;
         let lin = self.lin(seg, off);
         self.check_canonical(seg, lin)?;
         let user = self.user();
@@ -471,6 +528,7 @@ impl Cpu {
     /// Writes `size` bytes at `seg:off` with the current privilege.
     #[inline(always)]
     pub fn write_mem(&mut self, seg: usize, off: u64, size: u8, v: u64) -> R {
+        self.check_segment(seg, off, size, true)?;
         let lin = self.lin(seg, off);
         self.check_canonical(seg, lin)?;
         let user = self.user();

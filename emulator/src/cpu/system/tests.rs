@@ -227,6 +227,9 @@ fn lm64() -> M {
 /// `with_code`) and return EIP at RES, then halts.
 fn recorder32(m: &M, at: u64, v: u8, with_code: bool) {
     m.code(32, at, |a| {
+        // A return to ring 3 may have nulled DS: use the kernel's.
+        a.push(K_DS as u32)?;
+        a.pop(ds)?;
         a.mov(dword_ptr(RES), v as u32)?;
         if with_code {
             a.pop(eax)?;
