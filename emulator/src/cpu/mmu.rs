@@ -476,7 +476,9 @@ impl Cpu {
         }
         let code = s.attr & attr::CODE != 0;
         let rw = s.attr & 2 != 0;
-        if (write && (code || !rw)) || (!write && code && !rw) {
+        // Writes need writable data; reads of code need the readable bit.
+        let allowed = if write { !code && rw } else { !code || rw };
+        if !allowed {
             return Err(fault());
         }
         if !code && s.attr & 4 != 0 {
