@@ -290,7 +290,11 @@ fn refine(mxcsr: u32, s: Spec, a: u128, b: u128, j: u32, f: u32, r: u128) -> u32
         }
         (_, Arith::Narrow) => (Arith::Narrow, lane_f64(b, s.src, j, daz), 0.0),
         (_, Arith::AddSub) => {
-            let o = if j.is_multiple_of(2) { Arith::Sub } else { Arith::Add };
+            let o = if j.is_multiple_of(2) {
+                Arith::Sub
+            } else {
+                Arith::Add
+            };
             (o, lane_f64(a, s.src, j, daz), lane_f64(b, s.src, j, daz))
         }
         (_, o) => (o, lane_f64(a, s.src, j, daz), lane_f64(b, s.src, j, daz)),

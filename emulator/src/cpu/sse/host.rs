@@ -26,8 +26,6 @@ pub const PE: u32 = 1 << 5;
 pub const DAZ: u32 = 1 << 6;
 /// MXCSR flush-to-zero.
 pub const FZ: u32 = 1 << 15;
-/// Bits of MXCSR that exist (MXCSR_MASK, SDM vol. 1 §11.6.6).
-pub const MXCSR_MASK: u32 = 0xffff;
 
 /// A host SSE operation on two XMM values (the destination first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

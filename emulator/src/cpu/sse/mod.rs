@@ -11,15 +11,32 @@ use super::mmu::Access;
 use super::{cr0, cr4, vec, Cpu, Exc, R};
 use iced_x86::{EncodingKind, Instruction, Mnemonic as M, OpKind, Register};
 
+// Floating point runs on the host's SSE unit: x86-64 hosts only (elsewhere
+// the FP instructions raise #UD).
+#[cfg(target_arch = "x86_64")]
 mod fp;
+#[cfg(target_arch = "x86_64")]
 mod host;
 mod int;
 mod mov;
 mod state;
 mod strings;
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests;
+
+/// Bits of MXCSR that exist (MXCSR_MASK, SDM vol. 1 §11.6.6): DAZ included.
+pub(super) const MXCSR_MASK: u32 = 0xffff;
+
+#[cfg(target_arch = "x86_64")]
+fn fp_lookup(ins: &Instruction) -> Option<Handler> {
+    fp::lookup(ins)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn fp_lookup(_ins: &Instruction) -> Option<Handler> {
+    None
+}
 
 pub(super) fn lookup(ins: &Instruction) -> Option<Handler> {
     if ins.encoding() != EncodingKind::Legacy {
@@ -27,7 +44,7 @@ pub(super) fn lookup(ins: &Instruction) -> Option<Handler> {
     }
     int::lookup(ins)
         .or_else(|| mov::lookup(ins))
-        .or_else(|| fp::lookup(ins))
+        .or_else(|| fp_lookup(ins))
         .or_else(|| state::lookup(ins))
         .or_else(|| strings::lookup(ins))
 }
@@ -35,8 +52,10 @@ pub(super) fn lookup(ins: &Instruction) -> Option<Handler> {
 /// x87 status word: exception summary (a pending unmasked x87 exception).
 const FSW_ES: u16 = 1 << 7;
 
-/// Checks for an MMX instruction (SDM vol. 3 §12.5, vol. 2 Table 22-7):
-/// #UD if CR0.EM or LOCK, #NM if CR0.TS, #MF if an x87 exception is pending.
+/// Checks for an MMX instruction, including the MMX-register forms of the
+/// SSE/SSE2/SSSE3 integer instructions (SDM vol. 3 §12.2 and the
+/// "Exception Conditions for Legacy SIMD/MMX Instructions" tables): #UD if
+/// CR0.EM or LOCK, #NM if CR0.TS, #MF if an x87 exception is pending.
 #[inline]
 pub(super) fn check_mmx(c: &mut Cpu, d: &Insn) -> R {
     if c.cr0 & cr0::EM != 0 || d.ins.has_lock_prefix() {
@@ -61,7 +80,7 @@ fn check_x87_pending(c: &Cpu) -> R {
     Ok(())
 }
 
-/// Checks for an SSE instruction (SDM vol. 2 §2.5, Table 22-…): #UD if
+/// Checks for an SSE instruction (SDM vol. 3 §13.1.4, Table 13-1): #UD if
 /// CR0.EM, !CR4.OSFXSR or LOCK, #NM if CR0.TS.
 #[inline]
 pub(super) fn check_sse(c: &mut Cpu, d: &Insn) -> R {
@@ -256,6 +275,7 @@ pub(super) fn imm8(d: &Insn) -> u8 {
 
 /// A SIMD floating-point exception (SDM vol. 3 §6.15 int 19): #XM when
 /// CR4.OSXMMEXCPT, #UD otherwise.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) fn simd_exception(c: &Cpu) -> Exc {
     if c.cr4 & cr4::OSXMMEXCPT != 0 {
         Exc {

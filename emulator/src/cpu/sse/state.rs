@@ -1,8 +1,7 @@
 //! MXCSR access and the FXSAVE/FXRSTOR state image (SDM vol. 1 §10.2.3,
 //! §10.5; vol. 2 FXSAVE, Tables 10-2 and 10-3).
 
-use super::host::MXCSR_MASK;
-use super::{check_sse, probe_write, read_at};
+use super::{check_sse, probe_write, read_at, MXCSR_MASK};
 use crate::cpu::exec::{Handler, Insn};
 use crate::cpu::{cr0, Cpu, Exc, R};
 use iced_x86::{Code, Instruction, Mnemonic as M};
