@@ -8,11 +8,11 @@
 /// SSE3 (leaf 1 ECX[0]).
 pub(crate) const HAS_SSE3: bool = false;
 /// SSSE3 (leaf 1 ECX[9]).
-pub(crate) const HAS_SSSE3: bool = false;
+pub(crate) const HAS_SSSE3: bool = true;
 /// SSE4.1 (leaf 1 ECX[19]).
-pub(crate) const HAS_SSE41: bool = false;
+pub(crate) const HAS_SSE41: bool = true;
 /// SSE4.2 (leaf 1 ECX[20]).
-pub(crate) const HAS_SSE42: bool = false;
+pub(crate) const HAS_SSE42: bool = true;
 /// POPCNT (leaf 1 ECX[23]).
 pub(crate) const HAS_POPCNT: bool = true;
 /// CMPXCHG16B (leaf 1 ECX[13]).
