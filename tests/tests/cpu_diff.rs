@@ -19,7 +19,7 @@ fn cases_per_bitness() -> u64 {
     std::env::var("VIREO_DIFF_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1500)
+        .unwrap_or(2000)
 }
 
 fn runners() -> (NativeRunner, EmuRunner) {

@@ -176,6 +176,8 @@ impl EmuRunner {
         let mut page = vec![0xccu8; CODE_SIZE];
         let at = (CODE_ADDR - CODE_PAGES) as usize;
         page[at..at + c.code.len()].copy_from_slice(&c.code);
+        // HLT after the sequence: where `run_blocks` stops.
+        page[at + c.code.len()] = 0xf4;
         ram.write_bytes(CODE_PAGES, &page);
         ram.write_bytes(DATA_ADDR, &c.init.data);
     }
@@ -225,7 +227,42 @@ impl EmuRunner {
         }
     }
 
-    /// Runs one case.
+    /// Runs one case with `Cpu::run` (whole decoded blocks, as a guest
+    /// runs) until the `HLT` placed after the sequence, or an exception.
+    pub fn run_blocks(&mut self, c: &Case) -> Outcome {
+        if c.bitness != 32 && c.bitness != 64 {
+            return Outcome::Error(format!("bitness {} not supported", c.bitness));
+        }
+        if c.code.len() > super::MAX_CODE || c.init.data.len() != DATA_SIZE {
+            return Outcome::Error("case too large or data buffer of the wrong size".into());
+        }
+        self.setup(c);
+        let end = CODE_ADDR + c.code.len() as u64;
+        let exit = self.cpu.run(MAX_STEPS as u64);
+        if let Some(e) = self.cpu.last_exception.take() {
+            let rip = self.cpu.rip;
+            if (CODE_ADDR..end).contains(&rip) {
+                return Outcome::Fault(e.vector, self.state(c.bitness));
+            }
+            return Outcome::Error(format!(
+                "emulator (run mode): {} delivered, cannot report the state at the fault",
+                super::vector_name(e.vector)
+            ));
+        }
+        match exit {
+            CpuExit::Halted if self.cpu.rip == end + 1 => {
+                let mut st = self.state(c.bitness);
+                st.rip = end;
+                Outcome::Done(st)
+            }
+            e => Outcome::Error(format!(
+                "emulator (run mode): stopped with {e:?} at {:#x}",
+                self.cpu.rip
+            )),
+        }
+    }
+
+    /// Runs one case, one `Cpu::step` at a time.
     pub fn run(&mut self, c: &Case) -> Outcome {
         if c.bitness != 32 && c.bitness != 64 {
             return Outcome::Error(format!("bitness {} not supported", c.bitness));

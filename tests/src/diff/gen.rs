@@ -534,9 +534,20 @@ fn host_has(f: CpuidFeature) -> bool {
 
 fn excluded(code: Code) -> bool {
     use Code as C;
-    // Undefined results (BSWAP r16), implicit pointer registers (MASKMOVDQU),
-    // and forms needing segment or special registers.
-    matches!(code, C::Bswap_r16 | C::Maskmovdqu_rDI_xmm_xmm)
+    // Undefined results (BSWAP r16), implicit pointer registers (MASKMOVDQU).
+    if matches!(code, C::Bswap_r16 | C::Maskmovdqu_rDI_xmm_xmm) {
+        return true;
+    }
+    // Undocumented alias encodings: SAL /6 (iced's `Sal_*`; the documented
+    // SAL is SHL /4) and the x87 register-form aliases (DC D0+i, DD C8+i,
+    // DE D0+i, DF C8+i, DF D0+i, DF D8+i).
+    let name = format!("{code:?}");
+    code.mnemonic() == Mnemonic::Sal
+        || [
+            "_DCD0", "_DCD8", "_DDC8", "_DED0", "_DFC8", "_DFD0", "_DFD8",
+        ]
+        .iter()
+        .any(|s| name.ends_with(s))
 }
 
 fn forms(mnemonics: &[Mnemonic], bitness: u32) -> Vec<Form> {
@@ -850,7 +861,9 @@ fn random_fcw(rng: &mut StdRng) -> u16 {
     } else {
         rng.gen_range(0..0x40)
     };
-    let pc = [0u16, 2, 3, 3, 3, 1][rng.gen_range(0..6)];
+    // Never the reserved precision control 01b (its effect is not
+    // architectural).
+    let pc = [0u16, 2, 3, 3, 3][rng.gen_range(0..5)];
     let rc = rng.gen_range(0..4u16);
     masks | 0x40 | (pc << 8) | (rc << 10)
 }
@@ -1024,10 +1037,16 @@ impl Generator {
         let mut an = Analyzer::new(self.bitness);
         let mut placed = 0;
         let mut attempts = 0;
+        // Self-modifying stores: index of the MOV whose target is the
+        // immediate of the instruction after it.
+        let mut smc: Vec<usize> = Vec::new();
         while placed < n && attempts < n * 40 {
             attempts += 1;
             let main = rng.gen_bool(self.category.main_share());
-            let group = if main && self.category == Category::String {
+            let smc_here = self.category == Category::Mov && rng.gen_bool(0.02);
+            let group = if smc_here {
+                self.smc_group(rng)
+            } else if main && self.category == Category::String {
                 self.string_group(rng)
             } else {
                 let forms = if main && !self.main.is_empty() {
@@ -1057,10 +1076,30 @@ impl Generator {
                 continue;
             }
             an = trial;
+            if smc_here {
+                smc.push(insns.len() + group.len() - 2);
+            }
             insns.extend(group);
             placed += 1;
         }
-        let code = super::encode(self.bitness, &insns).ok()?;
+        let mut code = super::encode(self.bitness, &insns).ok()?;
+        if !smc.is_empty() {
+            // Point each store at the immediate byte of the next instruction
+            // (the store's length does not depend on its target).
+            let ips: Vec<u64> = super::decode(self.bitness, &code)
+                .iter()
+                .map(|i| i.ip())
+                .collect();
+            for &i in &smc {
+                let target = *ips.get(i + 1)? + 1;
+                insns[i].set_memory_displacement64(target);
+            }
+            let again = super::encode(self.bitness, &insns).ok()?;
+            if again.len() != code.len() {
+                return None;
+            }
+            code = again;
+        }
         // The bytes are what runs: check them again as decoded.
         let dec = super::decode(self.bitness, &code);
         if dec.len() != insns.len() || super::analysis::analyze(self.bitness, &dec).is_err() {
@@ -1166,8 +1205,12 @@ impl Generator {
                 let d = rng.gen_range(-0x500i64..0x500) & !(align.max(1) as i64 - 1);
                 MemoryOperand::new(sp, none, 1, d, 1, false, none)
             }
-            10 if !b64 => {
-                let seg = [Register::ES, Register::SS, Register::DS][rng.gen_range(0..3)];
+            10 => {
+                // Segment override (flat in 32-bit code, ignored in 64-bit
+                // code; CS only in 64-bit code, where it may be written).
+                let n = if b64 { 4 } else { 3 };
+                let seg =
+                    [Register::ES, Register::SS, Register::DS, Register::CS][rng.gen_range(0..n)];
                 MemoryOperand::new(base, none, 1, t, 1, false, seg)
             }
             6 => MemoryOperand::with_displ(DATA_ADDR + t as u64, 4),
@@ -1265,7 +1308,8 @@ impl Generator {
         if let Some(i) = mem_at {
             let m = if f.kinds[i] == K::mem_offs {
                 let t = self.offset(f.mem_size, 1, 0, DATA_SIZE, rng);
-                MemoryOperand::with_displ(DATA_ADDR + t, if self.bitness == 64 { 8 } else { 4 })
+                let wide = self.bitness == 64 && rng.gen_bool(0.7);
+                MemoryOperand::with_displ(DATA_ADDR + t, if wide { 8 } else { 4 })
             } else if f.code.mnemonic() == Mnemonic::Lea {
                 self.lea_mem(rng)
             } else {
@@ -1499,11 +1543,17 @@ impl Generator {
                     ops[l] = Op::I(rng.gen_range(0..8));
                 }
             }
-            M::Fldcw | M::Ldmxcsr if rng.gen_bool(0.85) => {
-                // Load a sensible control value from the operand location.
+            M::Fldcw | M::Ldmxcsr if m == M::Fldcw || rng.gen_bool(0.85) => {
+                // Load a sensible control value from the operand location
+                // (for FLDCW sometimes with the reserved bits 6 and 13–15
+                // flipped: they read back fixed).
                 if let Op::M(mm) = ops[0] {
                     let (code, v) = if m == M::Fldcw {
-                        (Code::Mov_rm16_imm16, random_fcw(rng) as u32)
+                        let mut cw = random_fcw(rng);
+                        if rng.gen_bool(0.2) {
+                            cw ^= rng.gen::<u16>() & 0xe040;
+                        }
+                        (Code::Mov_rm16_imm16, cw as u32)
                     } else {
                         (Code::Mov_rm32_imm32, random_mxcsr(rng))
                     };
@@ -1543,9 +1593,38 @@ impl Generator {
         let mut ins = build(f.code, &ops)?;
         if lock {
             ins.set_has_lock_prefix(true);
+        } else {
+            // Prefixes that do not change a one-byte-map instruction: REP/REPNE.
+            let oc = f.code.op_code();
+            if oc.table() == iced_x86::OpCodeTableKind::Normal
+                && oc.mandatory_prefix() == iced_x86::MandatoryPrefix::None
+                && !matches!(m, M::Nop | M::Xchg)
+                && rng.gen_bool(0.03)
+            {
+                if rng.gen_bool(0.5) {
+                    ins.set_has_repe_prefix(true);
+                } else {
+                    ins.set_has_repne_prefix(true);
+                }
+            }
         }
         pre.push(ins);
         Some(pre)
+    }
+
+    /// A store into the code that changes the immediate of the next
+    /// instruction (`XOR AL, imm8`); its target is fixed up once the
+    /// sequence is laid out.
+    fn smc_group(&self, rng: &mut StdRng) -> Option<Vec<Instruction>> {
+        let m = if self.bitness == 64 {
+            MemoryOperand::with_base_displ(Register::RIP, CODE_ADDR as i64)
+        } else {
+            MemoryOperand::with_displ(CODE_ADDR, 4)
+        };
+        let store = Instruction::with2(Code::Mov_rm8_imm8, m, rng.gen_range(0..256u32)).ok()?;
+        let xor =
+            Instruction::with2(Code::Xor_AL_imm8, Register::AL, rng.gen_range(0..256u32)).ok()?;
+        Some(vec![store, xor])
     }
 
     /// A string instruction with its pointer and counter setup.

@@ -355,8 +355,22 @@ pub fn check(
             let an = analysis::analyze(case.bitness, &decode(case.bitness, &case.code));
             match an {
                 Ok(analysis) => {
-                    let emu_out = emu.run(&case);
-                    let verdict = compare::compare(&case, &analysis, &native, &emu_out);
+                    let mut emu_out = emu.run(&case);
+                    let mut verdict = compare::compare(&case, &analysis, &native, &emu_out);
+                    if verdict == compare::Verdict::Match {
+                        // Again with whole blocks (Cpu::run), as guests run.
+                        let blocks = emu.run_blocks(&case);
+                        if let compare::Verdict::Mismatch(lines) =
+                            compare::compare(&case, &analysis, &native, &blocks)
+                        {
+                            let mut v = vec![
+                                "(only when run with Cpu::run; Cpu::step matches)".to_string()
+                            ];
+                            v.extend(lines);
+                            verdict = compare::Verdict::Mismatch(v);
+                            emu_out = blocks;
+                        }
+                    }
                     Checked {
                         label,
                         case,

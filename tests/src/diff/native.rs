@@ -210,6 +210,7 @@ pub struct NativeRunner {
     stubs: Stubs,
     /// Seconds a batch may take before its child is killed.
     pub timeout_secs: u32,
+    supports32: bool,
 }
 
 const BATCH: usize = 256;
@@ -254,12 +255,38 @@ impl Drop for Shared {
 }
 
 impl NativeRunner {
-    /// A runner (assembles the stubs).
+    /// A runner (assembles the stubs, checks that the host runs 64-bit and
+    /// compatibility-mode code).
     pub fn new() -> Result<NativeRunner, String> {
-        Ok(NativeRunner {
+        let mut r = NativeRunner {
             stubs: asm_stubs().map_err(|e| format!("assembling stubs: {e}"))?,
             timeout_secs: 20,
-        })
+            supports32: true,
+        };
+        let probe = |bitness| Case {
+            bitness,
+            code: vec![0x90],
+            init: super::InitState {
+                gpr: [0; 16],
+                rflags: 0,
+                xmm: [0; 16],
+                mxcsr: 0x1f80,
+                x87: X87State::default(),
+                data: vec![0; DATA_SIZE],
+            },
+        };
+        let out = r.run(&[probe(64), probe(32)]);
+        if let Outcome::Error(e) = &out[0] {
+            return Err(format!("cannot run 64-bit code natively: {e}"));
+        }
+        r.supports32 = matches!(out[1], Outcome::Done(_));
+        Ok(r)
+    }
+
+    /// True when the host runs 32-bit code in compatibility mode (it does
+    /// not when the kernel disables IA-32 emulation).
+    pub fn supports_32bit(&self) -> bool {
+        self.supports32
     }
 
     fn prepare(&self, c: &Case) -> Result<Prepared, String> {

@@ -17,6 +17,12 @@ pub fn run_seeds(
     bitness: u32,
     seeds: impl IntoIterator<Item = u64>,
 ) -> Vec<Checked> {
+    if bitness == 32 && !native.supports_32bit() {
+        eprintln!(
+            "note: the host cannot run 32-bit code in compatibility mode; 32-bit cases skipped"
+        );
+        return Vec::new();
+    }
     let g = Generator::new(category, bitness);
     let cases = seeds
         .into_iter()
@@ -45,7 +51,11 @@ pub fn signature(c: &Checked) -> String {
     let Verdict::Mismatch(lines) = &c.verdict else {
         return "match".into();
     };
-    let first = lines.first().map(String::as_str).unwrap_or("");
+    let first = lines
+        .iter()
+        .find(|l| !l.starts_with('('))
+        .map(String::as_str)
+        .unwrap_or("");
     if first.starts_with("exception") {
         // The divergence is at the earlier of the two exceptions.
         let f = |o: &Outcome| match o {
@@ -138,7 +148,10 @@ pub fn summarize(
     let mut reduced = 0;
     for c in &bad {
         let key0 = signature(c);
-        let is_exc = key0.starts_with("exception");
+        let is_exc = match &c.verdict {
+            Verdict::Mismatch(lines) => lines.iter().any(|l| l.starts_with("exception")),
+            _ => false,
+        };
         let entry_key;
         let mut rep = None;
         if is_exc {
