@@ -31,7 +31,7 @@ struct Args {
 const USAGE: &str =
     "usage: cpu-fuzz [--seconds N] [--category all|NAME[,NAME...]] [--bitness 32|64|both]
                 [--out DIR] [--max-files N] [--all] [--seed S] [--batch N]
-categories: alu mov cmov atomic shift muldiv string bcd bitops x87 sse memfault";
+categories: alu mov cmov atomic shift muldiv string bcd bitops x87 sse memfault branch";
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {

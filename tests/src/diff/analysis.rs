@@ -16,8 +16,8 @@
 
 use super::{base_reg, Coverage};
 use iced_x86::{
-    Code, CpuidFeature, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
-    RflagsBits,
+    Code, CpuidFeature, FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpAccess,
+    OpKind, Register, RflagsBits,
 };
 
 /// Undefined parts of the state after a prefix of the sequence.
@@ -469,15 +469,141 @@ impl Analyzer {
     }
 }
 
+/// Where a register-, memory- or stack-indirect transfer goes, when the
+/// instruction just before provides the target (`MOV reg, imm` before
+/// `JMP/CALL reg`, `MOV [m], imm` before `JMP/CALL [m]`, `PUSH imm` before
+/// `RET`).
+fn indirect_target(ins: &Instruction, prev: Option<&Instruction>) -> Option<u64> {
+    let p = prev?;
+    let imm = |p: &Instruction| match p.op_kind(p.op_count().checked_sub(1)?) {
+        OpKind::Immediate32
+        | OpKind::Immediate32to64
+        | OpKind::Immediate8to32
+        | OpKind::Immediate8to64 => Some(p.immediate(p.op_count() - 1)),
+        _ => None,
+    };
+    match ins.flow_control() {
+        FlowControl::Return => (p.mnemonic() == Mnemonic::Push).then(|| imm(p)).flatten(),
+        FlowControl::IndirectBranch | FlowControl::IndirectCall => {
+            if p.mnemonic() != Mnemonic::Mov {
+                return None;
+            }
+            match (ins.op0_kind(), p.op0_kind()) {
+                (OpKind::Register, OpKind::Register)
+                    if ins.op0_register().full_register() == p.op0_register().full_register() =>
+                {
+                    imm(p)
+                }
+                (OpKind::Memory, OpKind::Memory)
+                    if ins.memory_base() == p.memory_base()
+                        && ins.memory_index() == p.memory_index()
+                        && ins.memory_index_scale() == p.memory_index_scale()
+                        && ins.memory_displacement64() == p.memory_displacement64() =>
+                {
+                    imm(p)
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn merge(a: &mut Option<Masks>, m: &Masks) {
+    let cur = a.get_or_insert_with(Masks::default);
+    for (x, y) in cur.gpr.iter_mut().zip(m.gpr.iter()) {
+        *x |= y;
+    }
+    cur.flags |= m.flags;
+}
+
+impl Analyzer {
+    /// Merges the state of another path entering here (forward branch):
+    /// what is undefined on either path is undefined.
+    pub fn merge(&mut self, m: &Masks) {
+        for (x, y) in self.m.gpr.iter_mut().zip(m.gpr.iter()) {
+            *x |= y;
+        }
+        self.m.flags |= m.flags;
+    }
+}
+
 /// Analyses `insns` (decoded or generated at their run-time addresses).
 /// Returns why the sequence is invalid for differential testing, if it is.
+///
+/// Control flow: forward branches only. A branch target's state is the
+/// merge of the paths entering it (and its "previous instruction" is
+/// unknown). Indirect transfers whose target the previous instruction does
+/// not give may enter anywhere later.
 pub fn analyze(bitness: u32, insns: &[Instruction]) -> Result<Analysis, String> {
+    let n = insns.len();
+    let end = insns
+        .last()
+        .map(|i| i.next_ip())
+        .unwrap_or(super::CODE_ADDR);
+    let index_of = |ip: u64| -> Option<usize> {
+        if ip == end {
+            Some(n)
+        } else {
+            insns.iter().position(|i| i.ip() == ip)
+        }
+    };
+    let mut incoming: Vec<Option<Masks>> = vec![None; n + 1];
+    let mut anywhere: Option<Masks> = None;
     let mut a = Analyzer::new(bitness);
     let mut masks = vec![a.masks()];
     for (k, ins) in insns.iter().enumerate() {
-        let prev = if k > 0 { insns.get(k - 1) } else { None };
+        let mut entered = false;
+        for m in [incoming[k], anywhere].into_iter().flatten() {
+            a.merge(&m);
+            entered = true;
+        }
+        let prev = if k > 0 && !entered {
+            insns.get(k - 1)
+        } else {
+            None
+        };
         a.push(ins, prev)?;
-        masks.push(a.masks());
+        let after = a.masks();
+        let target = match ins.flow_control() {
+            FlowControl::ConditionalBranch
+            | FlowControl::UnconditionalBranch
+            | FlowControl::Call => {
+                if ins.op0_kind() == OpKind::FarBranch16 || ins.op0_kind() == OpKind::FarBranch32 {
+                    return Err(format!("instruction {k} is a far branch"));
+                }
+                Some(ins.near_branch_target())
+            }
+            FlowControl::IndirectBranch | FlowControl::IndirectCall | FlowControl::Return => {
+                let t = indirect_target(ins, prev);
+                if t.is_none() {
+                    merge(&mut anywhere, &after);
+                }
+                t
+            }
+            _ => None,
+        };
+        if let Some(t) = target {
+            match index_of(t) {
+                Some(ti) if ti > k => merge(&mut incoming[ti], &after),
+                _ => {
+                    return Err(format!(
+                        "instruction {k} branches to {t:#x}, not forward to an instruction"
+                    ))
+                }
+            }
+        }
+        masks.push(after);
+    }
+    let mut last = None;
+    for m in [incoming[n], anywhere].into_iter().flatten() {
+        merge(&mut last, &m);
+    }
+    if let Some(m) = last {
+        a.merge(&m);
+        if let Some(l) = masks.last_mut() {
+            *l = a.masks();
+        }
     }
     Ok(Analysis {
         masks,

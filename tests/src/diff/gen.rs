@@ -49,11 +49,14 @@ pub enum Category {
     /// and pops) straddle or cross the edges of the data buffer into unmapped
     /// pages: the page fault must leave no partial state change.
     MemFault,
+    /// Forward control transfers: Jcc, JMP, JCXZ/JECXZ/JRCXZ, LOOP/LOOPcc,
+    /// CALL, RET (imm16), indirect JMP/CALL through registers and memory.
+    Branch,
 }
 
 impl Category {
     /// Every category.
-    pub const ALL: [Category; 12] = [
+    pub const ALL: [Category; 13] = [
         Category::Alu,
         Category::Mov,
         Category::Cmov,
@@ -66,6 +69,7 @@ impl Category {
         Category::X87,
         Category::Sse,
         Category::MemFault,
+        Category::Branch,
     ];
 
     /// Short name.
@@ -83,6 +87,7 @@ impl Category {
             Category::X87 => "x87",
             Category::Sse => "sse",
             Category::MemFault => "memfault",
+            Category::Branch => "branch",
         }
     }
 
@@ -195,7 +200,7 @@ impl Category {
                 M::Shrd,
             ],
             Category::MulDiv => &[M::Mul, M::Imul, M::Div, M::Idiv],
-            Category::String => &[],
+            Category::String | Category::Branch => &[],
             Category::Bcd => &[M::Daa, M::Das, M::Aaa, M::Aas, M::Aam, M::Aad],
             Category::BitOps => &[
                 M::Bt,
@@ -453,6 +458,7 @@ impl Category {
         match self {
             Category::Alu | Category::Mov | Category::MemFault => 1.0,
             Category::X87 | Category::Sse => 0.85,
+            Category::Branch => 0.35,
             _ => 0.7,
         }
     }
@@ -634,6 +640,9 @@ pub struct Generator {
     pub bitness: u32,
     main: Vec<Form>,
     filler: Vec<Form>,
+    /// Relative branch codes (Jcc, JMP, JCXZ…, LOOP…, CALL) and whether
+    /// their displacement is 8-bit.
+    branches: Vec<(Code, bool)>,
 }
 
 /// Registers the generator may name as operands, by size.
@@ -993,11 +1002,39 @@ impl Generator {
             Mnemonic::Xchg,
         ]);
         let filler = forms(&basic, bitness);
+        let branches = Code::values()
+            .filter(|c| {
+                let oc = c.op_code();
+                let kinds = oc.op_kinds();
+                let ok_mode = if bitness == 64 {
+                    oc.mode64()
+                } else {
+                    oc.mode32()
+                };
+                oc.is_instruction()
+                    && oc.encoding() == EncodingKind::Legacy
+                    && oc.decoder_option() == 0
+                    && ok_mode
+                    && !matches!(c.mnemonic(), Mnemonic::Xbegin | Mnemonic::Jmpe)
+                    && kinds.len() == 1
+                    && matches!(
+                        (bitness, kinds[0]),
+                        (64, K::br64_1 | K::br64_4) | (32, K::br32_1 | K::br32_4)
+                    )
+            })
+            .map(|c| {
+                (
+                    c,
+                    matches!(c.op_code().op_kinds()[0], K::br64_1 | K::br32_1),
+                )
+            })
+            .collect();
         Generator {
             category,
             bitness,
             main,
             filler,
+            branches,
         }
     }
 
@@ -1005,6 +1042,9 @@ impl Generator {
     pub fn form_count(&self) -> usize {
         if self.category == Category::String {
             return 10;
+        }
+        if self.category == Category::Branch {
+            return self.branches.len() + 6;
         }
         self.main.len()
     }
@@ -1040,12 +1080,35 @@ impl Generator {
         // Self-modifying stores: index of the MOV whose target is the
         // immediate of the instruction after it.
         let mut smc: Vec<usize> = Vec::new();
+        // Forward transfers: (instruction to patch, target group, patch the
+        // immediate rather than the branch target).
+        let mut fixes: Vec<(usize, usize, bool)> = Vec::new();
+        let mut group_start: Vec<usize> = Vec::new();
+        // Paths entering group g: (g, state).
+        let mut pending: Vec<(usize, super::analysis::Masks)> = Vec::new();
+        let mut entered_at: Option<(usize, bool)> = None;
         while placed < n && attempts < n * 40 {
             attempts += 1;
+            // Merge the paths that branch to this group (once).
+            if entered_at.map(|(g, _)| g) != Some(placed) {
+                let mut entered = false;
+                for (_, m) in pending.iter().filter(|(g, _)| *g == placed) {
+                    an.merge(m);
+                    entered = true;
+                }
+                entered_at = Some((placed, entered));
+            }
+            let entered = entered_at.is_some_and(|(_, e)| e);
             let main = rng.gen_bool(self.category.main_share());
             let smc_here = self.category == Category::Mov && rng.gen_bool(0.02);
+            let mut branch = None;
             let group = if smc_here {
                 self.smc_group(rng)
+            } else if main && self.category == Category::Branch {
+                self.branch_group(rng).map(|(g, b)| {
+                    branch = Some(b);
+                    g
+                })
             } else if main && self.category == Category::String {
                 self.string_group(rng)
             } else {
@@ -1063,7 +1126,7 @@ impl Generator {
                 continue;
             }
             let mut trial = an.clone();
-            let mut prev = insns.last().copied();
+            let mut prev = if entered { None } else { insns.last().copied() };
             let mut ok = true;
             for ins in &group {
                 if trial.push(ins, prev.as_ref()).is_err() {
@@ -1079,10 +1142,43 @@ impl Generator {
             if smc_here {
                 smc.push(insns.len() + group.len() - 2);
             }
+            if let Some((skip, patch_imm)) = branch {
+                let target = placed + 1 + skip;
+                let last = insns.len() + group.len() - 1;
+                fixes.push((if patch_imm { last - 1 } else { last }, target, patch_imm));
+                pending.push((target, an.masks()));
+            }
+            group_start.push(insns.len());
             insns.extend(group);
             placed += 1;
         }
         let mut code = super::encode(self.bitness, &insns).ok()?;
+        if !fixes.is_empty() {
+            // Point the transfers at the start of their target groups (or
+            // the end); branch and immediate sizes are fixed by their codes.
+            let ips: Vec<u64> = super::decode(self.bitness, &code)
+                .iter()
+                .map(|i| i.ip())
+                .collect();
+            let end = CODE_ADDR + code.len() as u64;
+            for &(i, g, imm) in &fixes {
+                let t = group_start
+                    .get(g)
+                    .map_or(Some(end), |&k| ips.get(k).copied())?;
+                if imm {
+                    insns[i].set_immediate32(t as u32);
+                } else if self.bitness == 64 {
+                    insns[i].set_near_branch64(t);
+                } else {
+                    insns[i].set_near_branch32(t as u32);
+                }
+            }
+            let again = super::encode(self.bitness, &insns).ok()?;
+            if again.len() != code.len() {
+                return None;
+            }
+            code = again;
+        }
         if !smc.is_empty() {
             // Point each store at the immediate byte of the next instruction
             // (the store's length does not depend on its target).
@@ -1625,6 +1721,89 @@ impl Generator {
         let xor =
             Instruction::with2(Code::Xor_AL_imm8, Register::AL, rng.gen_range(0..256u32)).ok()?;
         Some(vec![store, xor])
+    }
+
+    /// A forward control transfer, with its setup; returns the group and
+    /// (groups to skip, whether the target is the immediate of the
+    /// instruction before the last one rather than the last one's branch
+    /// target).
+    fn branch_group(&self, rng: &mut StdRng) -> Option<(Vec<Instruction>, (usize, bool))> {
+        let b64 = self.bitness == 64;
+        let skip = rng.gen_range(0..4);
+        let placeholder = CODE_ADDR;
+        let kind = rng.gen_range(0..10);
+        match kind {
+            0..=5 => {
+                // Relative: Jcc, JMP, JCXZ family, LOOP family, CALL.
+                let short_ok = skip <= 1;
+                let cands: Vec<&(Code, bool)> = self
+                    .branches
+                    .iter()
+                    .filter(|(_, short)| short_ok || !short)
+                    .collect();
+                let &(code, _) = cands[rng.gen_range(0..cands.len())];
+                let mut v = Vec::new();
+                if matches!(
+                    code.mnemonic(),
+                    Mnemonic::Loop
+                        | Mnemonic::Loope
+                        | Mnemonic::Loopne
+                        | Mnemonic::Jcxz
+                        | Mnemonic::Jecxz
+                        | Mnemonic::Jrcxz
+                ) && rng.gen_bool(0.7)
+                {
+                    v.push(mov_imm(Register::ECX, rng.gen_range(0..3)));
+                }
+                v.push(Instruction::with_branch(code, placeholder).ok()?);
+                Some((v, (skip, false)))
+            }
+            6 | 7 => {
+                // RET (imm16) to a pushed address.
+                let (push, ret, ret_imm) = if b64 {
+                    (Code::Pushq_imm32, Code::Retnq, Code::Retnq_imm16)
+                } else {
+                    (Code::Pushd_imm32, Code::Retnd, Code::Retnd_imm16)
+                };
+                let p = Instruction::with1(push, placeholder as u32).ok()?;
+                let r = if rng.gen_bool(0.3) {
+                    Instruction::with1(ret_imm, rng.gen_range(0..5u32) * 4).ok()?
+                } else {
+                    Instruction::with(ret)
+                };
+                Some((vec![p, r], (skip, true)))
+            }
+            _ => {
+                // Indirect JMP/CALL through a register or memory.
+                let call = rng.gen_bool(0.4);
+                let (jr, size) = match (b64, call) {
+                    (true, false) => (Code::Jmp_rm64, 8),
+                    (true, true) => (Code::Call_rm64, 8),
+                    (false, false) => (Code::Jmp_rm32, 4),
+                    (false, true) => (Code::Call_rm32, 4),
+                };
+                if rng.gen_bool(0.5) {
+                    let r = self.pick_reg(4, rng);
+                    let full = reg_from(
+                        if b64 { Register::RAX } else { Register::EAX },
+                        r.full_register() as usize - Register::RAX as usize,
+                    );
+                    let m = Instruction::with2(Code::Mov_r32_imm32, r, placeholder as u32).ok()?;
+                    Some((vec![m, Instruction::with1(jr, full).ok()?], (skip, true)))
+                } else {
+                    let mut pre = Vec::new();
+                    let mm = self.mem(size, 1, &[], &mut pre, rng);
+                    let mov = if b64 {
+                        Code::Mov_rm64_imm32
+                    } else {
+                        Code::Mov_rm32_imm32
+                    };
+                    pre.push(Instruction::with2(mov, mm, placeholder as i32).ok()?);
+                    pre.push(Instruction::with1(jr, mm).ok()?);
+                    Some((pre, (skip, true)))
+                }
+            }
+        }
     }
 
     /// A string instruction with its pointer and counter setup.
