@@ -595,6 +595,7 @@ unsafe fn child_main(
     let entry64: extern "C" fn() = std::mem::transmute(stubs.entry64 as usize);
     let entry32: extern "C" fn() = std::mem::transmute(stubs.entry32_64 as usize);
     for (k, (_, p)) in batch.iter().enumerate() {
+        std::ptr::write_bytes(CODE_PAGES as *mut u8, 0xcc, CODE_SIZE);
         std::ptr::copy_nonoverlapping(p.code.as_ptr(), CODE_ADDR as *mut u8, p.code.len());
         std::ptr::copy_nonoverlapping(p.data.as_ptr(), DATA_ADDR as *mut u8, DATA_SIZE);
         for i in 0..16 {
