@@ -1,1 +1,3 @@
-pub fn placeholder() {}
+//! Integration tests for Vireo and the CPU differential tester ([`diff`]).
+
+pub mod diff;
