@@ -116,16 +116,13 @@ impl EmuRunner {
             base: GDT,
             limit: 31,
         };
-        cpu.idtr = if long {
-            DescriptorTable {
-                base: IDT64,
-                limit: 32 * 16 - 1,
-            }
-        } else {
-            DescriptorTable {
-                base: IDT32,
-                limit: 32 * 8 - 1,
-            }
+        // An empty IDT: an exception escalates to a triple fault before
+        // anything is pushed, so the CPU stops at the faulting instruction
+        // with its state (and the data buffer) exactly as the fault left
+        // them, and `last_exception` names the instruction's exception.
+        cpu.idtr = DescriptorTable {
+            base: if long { IDT64 } else { IDT32 },
+            limit: 0,
         };
         let data = Segment::flat32(SEL_DATA, false);
         for s in [ES, SS, DS, FS, GS] {

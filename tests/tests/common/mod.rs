@@ -1,0 +1,191 @@
+//! Helpers for tests that boot the multiboot test kernels of `tests/kernels`:
+//! building them with `tests/kernels/build.sh`, booting one on the engine,
+//! and collecting its serial output and how it stopped.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use vireo_emulator::accel::AccelKind;
+use vireo_emulator::engine::{
+    self, Command, EngineError, Event, KernelConfig, MachineConfig, StopReason,
+};
+
+/// The exit status of a kernel that passed: isa-debug-exit value 0x10.
+pub const EXIT_SUCCESS: i32 = 33;
+
+/// How long one kernel may run.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Builds all kernels once per test process; returns the directory holding
+/// `NAME.elf`. Panics with the build output if the build fails.
+pub fn kernels_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        remove_stale_builds(tmp);
+        let out = tmp.join(format!("multiboot-kernels-{}", std::process::id()));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels/build.sh");
+        let result = Process::new("bash")
+            .arg(&script)
+            .arg(&out)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            result.status.success(),
+            "{} failed ({}); it needs gcc and GNU ld (binutils).\nstdout:\n{}\nstderr:\n{}",
+            script.display(),
+            result.status,
+            String::from_utf8_lossy(&result.stdout),
+            String::from_utf8_lossy(&result.stderr)
+        );
+        out
+    })
+}
+
+/// Removes kernel builds left by test processes that no longer run.
+fn remove_stale_builds(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("multiboot-kernels-") else {
+            continue;
+        };
+        let alive = pid
+            .parse::<u32>()
+            .map(|p| Path::new(&format!("/proc/{p}")).exists())
+            .unwrap_or(false);
+        if !alive {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// The path of a built kernel.
+pub fn kernel(name: &str) -> PathBuf {
+    let p = kernels_dir().join(format!("{name}.elf"));
+    assert!(p.exists(), "{} was not built", p.display());
+    p
+}
+
+/// What a kernel run produced.
+#[derive(Debug)]
+pub struct Run {
+    /// Kernel name, for messages.
+    pub name: String,
+    /// Everything it wrote to COM1.
+    pub serial: String,
+    /// How the machine stopped; `None` if it was still running at the timeout.
+    pub stop: Option<StopReason>,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+/// Boots kernel `name` with `cmdline` on `accel` (128 MiB, no reboot) and
+/// waits for it to stop, at most `timeout`. Errors if the engine refuses to
+/// start (for example an accelerator that is not available).
+pub fn run_kernel(
+    name: &str,
+    cmdline: &str,
+    accel: AccelKind,
+    timeout: Duration,
+) -> Result<Run, EngineError> {
+    let config = MachineConfig {
+        memory: 128 << 20,
+        accel,
+        kernel: Some(KernelConfig {
+            path: kernel(name),
+            cmdline: cmdline.to_string(),
+            initrd: None,
+        }),
+        no_reboot: true,
+    };
+    let start = Instant::now();
+    let handle = engine::start(&config)?;
+    let events = handle.subscribe();
+    let deadline = start + timeout;
+    let mut serial = Vec::new();
+    let mut stop = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(Event::SerialOutput(bytes)) => serial.extend_from_slice(&bytes),
+            Ok(Event::Stopped(reason)) => {
+                stop = Some(reason);
+                break;
+            }
+            Ok(_) => {}
+            Err(RecvTimeoutError::Timeout) => break,
+            Err(RecvTimeoutError::Disconnected) => {
+                stop = Some(StopReason::Error("engine ended without a Stopped event".into()));
+                break;
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    if stop.is_none() {
+        // Timed out: stop the machine, keep what it printed meanwhile.
+        handle.send(Command::PowerOff);
+        let grace = Instant::now() + Duration::from_secs(5);
+        while let Ok(ev) = events.recv_timeout(grace.saturating_duration_since(Instant::now())) {
+            match ev {
+                Event::SerialOutput(bytes) => serial.extend_from_slice(&bytes),
+                Event::Stopped(_) => break,
+                _ => {}
+            }
+        }
+    } else {
+        handle.join();
+    }
+    Ok(Run {
+        name: name.to_string(),
+        serial: String::from_utf8_lossy(&serial).into_owned(),
+        stop,
+        elapsed,
+    })
+}
+
+impl Run {
+    /// The lines of the serial output.
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
+        self.serial.lines().map(|l| l.trim_end_matches('\r'))
+    }
+
+    /// A description for failure messages: how it stopped, the FAIL lines,
+    /// then the whole serial output.
+    pub fn report(&self) -> String {
+        let stop = match &self.stop {
+            Some(r) => format!("{r:?}"),
+            None => format!("still running after {:.1?} (timed out)", self.elapsed),
+        };
+        let fails: Vec<&str> = self.lines().filter(|l| l.starts_with("FAIL")).collect();
+        format!(
+            "kernel `{}`: stopped: {stop}\nfailed checks ({}):\n  {}\n--- serial output ---\n{}--- end of serial output ---",
+            self.name,
+            fails.len(),
+            fails.join("\n  "),
+            self.serial
+        )
+    }
+
+    /// Asserts the kernel exited with [`EXIT_SUCCESS`], printed no FAIL
+    /// line, and printed every line of `expected` (each an exact line).
+    pub fn assert_success(&self, expected: &[&str]) {
+        let missing: Vec<&&str> = expected
+            .iter()
+            .filter(|want| !self.lines().any(|l| l == **want))
+            .collect();
+        let failed = self.lines().any(|l| l.starts_with("FAIL"));
+        let exited = self.stop == Some(StopReason::Exit(EXIT_SUCCESS));
+        assert!(
+            exited && !failed && missing.is_empty(),
+            "{}\nexpected exit status {EXIT_SUCCESS}; missing lines: {missing:?}",
+            self.report()
+        );
+    }
+}
