@@ -122,7 +122,9 @@ pub fn run_kernel(
             Ok(_) => {}
             Err(RecvTimeoutError::Timeout) => break,
             Err(RecvTimeoutError::Disconnected) => {
-                stop = Some(StopReason::Error("engine ended without a Stopped event".into()));
+                stop = Some(StopReason::Error(
+                    "engine ended without a Stopped event".into(),
+                ));
                 break;
             }
         }
@@ -150,6 +152,22 @@ pub fn run_kernel(
     })
 }
 
+/// What QEMU 7.2 printed for kernel `name` (tests/kernels/qemu-7.2/NAME.txt).
+pub fn qemu_transcript(name: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("kernels/qemu-7.2/{name}.txt"));
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The lines of QEMU's transcript a passing run must print too: every
+/// "ok ..." check, the "checks: ..." total and the final verdict.
+pub fn qemu_result_lines(name: &str) -> Vec<String> {
+    qemu_transcript(name)
+        .lines()
+        .filter(|l| l.starts_with("ok ") || l.starts_with("checks: ") || *l == "ALL TESTS PASSED")
+        .map(str::to_string)
+        .collect()
+}
+
 impl Run {
     /// The lines of the serial output.
     pub fn lines(&self) -> impl Iterator<Item = &str> {
@@ -173,19 +191,31 @@ impl Run {
         )
     }
 
+    /// Asserts the kernel passed as it did under QEMU 7.2: see
+    /// [`qemu_result_lines`] and [`Run::assert_success`].
+    pub fn assert_like_qemu(&self) {
+        let lines = qemu_result_lines(&self.name);
+        assert!(!lines.is_empty(), "no results in QEMU's transcript for {}", self.name);
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        self.assert_success(&refs);
+    }
+
     /// Asserts the kernel exited with [`EXIT_SUCCESS`], printed no FAIL
     /// line, and printed every line of `expected` (each an exact line).
     pub fn assert_success(&self, expected: &[&str]) {
-        let missing: Vec<&&str> = expected
+        let missing: Vec<&str> = expected
             .iter()
-            .filter(|want| !self.lines().any(|l| l == **want))
+            .copied()
+            .filter(|want| !self.lines().any(|l| l == *want))
             .collect();
         let failed = self.lines().any(|l| l.starts_with("FAIL"));
         let exited = self.stop == Some(StopReason::Exit(EXIT_SUCCESS));
         assert!(
             exited && !failed && missing.is_empty(),
-            "{}\nexpected exit status {EXIT_SUCCESS}; missing lines: {missing:?}",
-            self.report()
+            "{}\nexpected exit status {EXIT_SUCCESS}; {} expected lines missing:\n  {}",
+            self.report(),
+            missing.len(),
+            missing.join("\n  ")
         );
     }
 }
