@@ -9,7 +9,9 @@
  *
  * Everything that runs in real mode (code, data, GDT) lives in the .low
  * section, linked at 0x8000 and copied there by the 32-bit entry, so the
- * real-mode part touches no memory above 64 KiB and needs no BIOS.
+ * real-mode part touches only the first 128 KiB of memory (its code at
+ * 0x8000, its stack below 0x7c00, IVTs at 0 and 0x6000, one test word at
+ * 0x10010) and needs no BIOS.
  */
 #include "lib32.S"
 

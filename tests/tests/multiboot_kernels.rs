@@ -34,7 +34,12 @@ fn hello_prints_the_multiboot_info() {
     );
     let mem_upper: u64 = run
         .lines()
-        .find_map(|l| l.strip_prefix("mem_upper ")?.strip_suffix(" KiB")?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("mem_upper ")?
+                .strip_suffix(" KiB")?
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("no mem_upper line\n{}", run.report()));
     // 128 MiB of RAM: about 127 MiB above 1 MiB (QEMU says 129920 KiB).
     assert!(

@@ -195,7 +195,11 @@ impl Run {
     /// [`qemu_result_lines`] and [`Run::assert_success`].
     pub fn assert_like_qemu(&self) {
         let lines = qemu_result_lines(&self.name);
-        assert!(!lines.is_empty(), "no results in QEMU's transcript for {}", self.name);
+        assert!(
+            !lines.is_empty(),
+            "no results in QEMU's transcript for {}",
+            self.name
+        );
         let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
         self.assert_success(&refs);
     }
