@@ -65,6 +65,10 @@ pub(crate) struct CodeCache {
     /// Direct-mapped front of `map`.
     fast: Vec<Option<(Key, Arc<Block>)>>,
     pages: FastMap<u64, Vec<Key>>,
+    /// Blocks dropped from the cache while one may still be executing; freed
+    /// between blocks (so the loop can run a block without owning a
+    /// reference count).
+    graveyard: Vec<Arc<Block>>,
     /// One bit per 4 KiB RAM page that holds cached code.
     code_bits: Vec<u64>,
 }
@@ -75,6 +79,7 @@ impl CodeCache {
             map: FastMap::default(),
             fast: vec![None; FAST_SLOTS],
             pages: FastMap::default(),
+            graveyard: Vec::new(),
             code_bits: vec![0; (ram_size / 4096).div_ceil(64) as usize + 1],
         }
     }
@@ -86,7 +91,7 @@ impl CodeCache {
 
     pub(crate) fn clear(&mut self) {
         self.fast.fill(None);
-        self.map.clear();
+        self.graveyard.extend(self.map.drain().map(|(_, b)| b));
         self.pages.clear();
         self.code_bits.fill(0);
     }
@@ -115,7 +120,9 @@ impl CodeCache {
     pub(crate) fn invalidate_page(&mut self, page: u64) {
         if let Some(keys) = self.pages.remove(&page) {
             for k in keys {
-                self.map.remove(&k);
+                if let Some(b) = self.map.remove(&k) {
+                    self.graveyard.push(b);
+                }
                 let s = Self::fast_slot(&k);
                 if self.fast[s].as_ref().is_some_and(|(fk, _)| *fk == k) {
                     self.fast[s] = None;
@@ -247,7 +254,10 @@ impl Cpu {
     }
 
     /// Finds or decodes the block at CS:RIP.
-    fn block(&mut self) -> R<Arc<Block>> {
+    /// The returned block stays valid until the next call (dropped blocks
+    /// wait in the graveyard until then).
+    fn block(&mut self) -> R<*const Block> {
+        self.cache.graveyard.clear();
         let bitness = self.bitness();
         let lin = self.lin(super::CS, self.rip);
         if bitness == 64 && ((lin as i64) << 16 >> 16) as u64 != lin {
@@ -259,13 +269,13 @@ impl Cpu {
         let slot = CodeCache::fast_slot(&key);
         if let Some((k, b)) = &self.cache.fast[slot] {
             if *k == key {
-                return Ok(b.clone());
+                return Ok(Arc::as_ptr(b));
             }
         }
         if let Some(b) = self.cache.map.get(&key) {
-            let b = b.clone();
+            let p = Arc::as_ptr(b);
             self.cache.fast[slot] = Some((key, b.clone()));
-            return Ok(b);
+            return Ok(p);
         }
         let page = phys & !0xfff;
         let avail = 0x1000 - (phys & 0xfff);
@@ -307,9 +317,12 @@ impl Cpu {
                     break;
                 }
             }
-            return Ok(Arc::new(Block {
+            let b = Arc::new(Block {
                 insns: vec![make_insn(ins, bitness)],
-            }));
+            });
+            let p = Arc::as_ptr(&b);
+            self.cache.graveyard.push(b);
+            return Ok(p);
         }
         let block = Arc::new(Block { insns });
         if self.cache.mark_code_page(page) {
@@ -320,9 +333,10 @@ impl Cpu {
             self.tlb.flush_all();
             self.cache.mark_code_page(page);
         }
-        self.cache.map.insert(key, block.clone());
+        let p = Arc::as_ptr(&block);
+        self.cache.map.insert(key, block);
         self.cache.pages.entry(page).or_default().push(key);
-        Ok(block)
+        Ok(p)
     }
 
     /// Runs until `budget` instructions have retired, the CPU halts, a triple
@@ -358,7 +372,10 @@ impl Cpu {
                 return CpuExit::Halted;
             }
             let block = match self.block() {
-                Ok(b) => b,
+                // SAFETY: `block` keeps the block alive (in the cache or its
+                // graveyard) until the next call of `block`, which happens
+                // only after this iteration has finished with it.
+                Ok(b) => unsafe { &*b },
                 Err(e) => {
                     self.raise(e);
                     self.stop_block = false;
