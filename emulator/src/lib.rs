@@ -5,4 +5,5 @@
 
 pub mod bus;
 pub mod cpu;
+pub mod kvm;
 pub mod memory;
