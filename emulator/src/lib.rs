@@ -8,6 +8,7 @@ pub mod boot;
 pub mod bus;
 pub mod cpu;
 pub mod engine;
+pub mod kvm;
 pub mod kvm_accel;
 pub mod machine;
 pub mod memory;
