@@ -97,6 +97,7 @@ fn run(args: RunArgs) -> Result<u8, String> {
         },
         kernel,
         no_reboot: args.no_reboot,
+        kvm_allow_paravirtual: false,
     };
     let handle = engine::start(&config).map_err(|e| e.to_string())?;
     let events = handle.subscribe();

@@ -3,8 +3,12 @@
 
 use crate::boot::BootState;
 use crate::cpu::{Cpu, CpuExit, InterruptController};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+/// Makes a running accelerator return from [`Accelerator::run`] soon; callable
+/// from any thread.
+pub type Kick = Arc<dyn Fn() + Send + Sync>;
 
 /// Which accelerator the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -19,7 +23,7 @@ pub enum AccelKind {
 }
 
 /// Why an accelerator stopped running guest code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccelExit {
     /// The time or instruction slice ended; call again.
     Slice,
@@ -29,6 +33,8 @@ pub enum AccelExit {
     Shutdown,
     /// Another thread asked it to stop.
     Kicked,
+    /// The backend failed and cannot continue (the reason, one line).
+    Failed(String),
 }
 
 /// Runs a vCPU of a machine (the cloud-hypervisor `hypervisor` crate idea:
@@ -42,8 +48,8 @@ pub trait Accelerator: Send {
     fn load_boot_state(&mut self, state: &BootState);
     /// Runs guest code for a slice.
     fn run(&mut self) -> AccelExit;
-    /// A flag another thread sets to end [`Accelerator::run`] early.
-    fn kick_flag(&self) -> Arc<AtomicBool>;
+    /// Ends a running [`Accelerator::run`] early, from any thread.
+    fn kicker(&self) -> Kick;
     /// Instructions retired so far, when the backend counts them.
     fn instructions(&self) -> Option<u64>;
 }
@@ -105,8 +111,9 @@ impl Accelerator for SoftAccel {
         }
     }
 
-    fn kick_flag(&self) -> Arc<AtomicBool> {
-        self.cpu.exit_request.clone()
+    fn kicker(&self) -> Kick {
+        let flag = self.cpu.exit_request.clone();
+        Arc::new(move || flag.store(true, Ordering::Release))
     }
 
     fn instructions(&self) -> Option<u64> {

@@ -10,7 +10,6 @@ use crate::boot::BootState;
 use crate::bus::lock;
 use crate::machine::{Machine, MachineError};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -39,6 +38,9 @@ pub struct MachineConfig {
     pub kernel: Option<KernelConfig>,
     /// A guest reset ends the machine instead of rebooting it.
     pub no_reboot: bool,
+    /// Accept a paravirtual KVM (PVM) for `--accel kvm`; it runs real-mode
+    /// code only, so this is for tests of such code.
+    pub kvm_allow_paravirtual: bool,
 }
 
 impl Default for MachineConfig {
@@ -48,6 +50,7 @@ impl Default for MachineConfig {
             accel: AccelKind::Auto,
             kernel: None,
             no_reboot: false,
+            kvm_allow_paravirtual: false,
         }
     }
 }
@@ -134,7 +137,7 @@ type Subscribers = Arc<Mutex<Vec<Sender<Event>>>>;
 pub struct EngineHandle {
     commands: Sender<Command>,
     subscribers: Subscribers,
-    kick: Arc<AtomicBool>,
+    kick: crate::accel::Kick,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// Receives every event since the start, for the first subscriber.
     first: Arc<Mutex<Option<Receiver<Event>>>>,
@@ -144,7 +147,7 @@ impl EngineHandle {
     /// Sends a command; false if the engine has stopped.
     pub fn send(&self, cmd: Command) -> bool {
         let ok = self.commands.send(cmd).is_ok();
-        self.kick.store(true, Ordering::Release);
+        (self.kick)();
         ok
     }
 
@@ -247,6 +250,7 @@ fn parse_modules(spec: &str) -> Result<Vec<Module>, EngineError> {
 /// Picks the accelerator: returns it and, when `auto` fell back, why.
 fn choose_accel(
     kind: AccelKind,
+    allow_paravirtual: bool,
     machine: &Machine,
 ) -> Result<(Box<dyn Accelerator>, Option<String>), EngineError> {
     let soft = || -> Box<dyn Accelerator> {
@@ -257,11 +261,13 @@ fn choose_accel(
     };
     match kind {
         AccelKind::Soft => Ok((soft(), None)),
-        AccelKind::Auto | AccelKind::Kvm => match crate::kvm_accel::create(machine) {
-            Ok(a) => Ok((a, None)),
-            Err(why) if kind == AccelKind::Auto => Ok((soft(), Some(why))),
-            Err(why) => Err(EngineError::Accel(why)),
-        },
+        AccelKind::Auto | AccelKind::Kvm => {
+            match crate::kvm_accel::create(machine, allow_paravirtual && kind == AccelKind::Kvm) {
+                Ok(a) => Ok((a, None)),
+                Err(why) if kind == AccelKind::Auto => Ok((soft(), Some(why))),
+                Err(why) => Err(EngineError::Accel(why)),
+            }
+        }
     }
 }
 
@@ -293,12 +299,12 @@ pub fn start(config: &MachineConfig) -> Result<EngineHandle, EngineError> {
     };
     let machine = Machine::new(config.memory)?;
     let boot = image.load(&machine)?;
-    let (mut accel, fallback) = choose_accel(config.accel, &machine)?;
+    let (mut accel, fallback) = choose_accel(config.accel, config.kvm_allow_paravirtual, &machine)?;
     if let Some(why) = fallback {
         tracing::info!("accelerator: soft ({why})");
     }
     accel.load_boot_state(&boot);
-    let kick = accel.kick_flag();
+    let kick = accel.kicker();
     machine.control.set_kick(kick.clone());
 
     let (tx, rx) = mpsc::channel();
@@ -476,6 +482,10 @@ impl Engine {
             if self.state == RunState::Running {
                 match self.accel.run() {
                     AccelExit::Slice | AccelExit::Kicked => {}
+                    AccelExit::Failed(why) => {
+                        self.flush_serial();
+                        return StopReason::Error(format!("{}: {why}", self.accel.name()));
+                    }
                     AccelExit::Halted => self.state = RunState::Halted,
                     AccelExit::Shutdown => {
                         tracing::info!("triple fault: resetting");
@@ -526,6 +536,7 @@ mod tests {
                 initrd: None,
             }),
             no_reboot: false,
+            kvm_allow_paravirtual: false,
         }
     }
 

@@ -30,7 +30,7 @@ pub struct Control {
     reset: AtomicBool,
     exit: AtomicBool,
     status: AtomicI32,
-    kick: Mutex<Option<Arc<AtomicBool>>>,
+    kick: Mutex<Option<crate::accel::Kick>>,
 }
 
 impl Control {
@@ -43,14 +43,14 @@ impl Control {
         }
     }
 
-    /// Sets the flag that makes the running vCPU return.
-    pub fn set_kick(&self, flag: Arc<AtomicBool>) {
-        *lock(&self.kick) = Some(flag);
+    /// Sets how to make the running vCPU return.
+    pub fn set_kick(&self, kick: crate::accel::Kick) {
+        *lock(&self.kick) = Some(kick);
     }
 
     fn kick(&self) {
         if let Some(k) = lock(&self.kick).as_ref() {
-            k.store(true, Ordering::Release);
+            k();
         }
     }
 

@@ -104,6 +104,8 @@ pub fn run_kernel(
             initrd: None,
         }),
         no_reboot: true,
+        // Only real-mode kernels are run on KVM here: PVM can run those.
+        kvm_allow_paravirtual: accel == AccelKind::Kvm,
     };
     let start = Instant::now();
     let handle = engine::start(&config)?;
