@@ -100,6 +100,9 @@ fn run(args: RunArgs) -> Result<u8, String> {
         kvm_allow_paravirtual: false,
     };
     let handle = engine::start(&config).map_err(|e| e.to_string())?;
+    if let Some(why) = handle.accel_fallback() {
+        eprintln!("vireo: using the software CPU: {why}");
+    }
     let events = handle.subscribe();
     let console = match args.serial {
         SerialTarget::Stdio => Some(serial_console::SerialConsole::start(handle.clone())),

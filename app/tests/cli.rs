@@ -235,3 +235,26 @@ fn help_reads_well() {
         assert!(text.contains(opt), "{opt} missing from --help");
     }
 }
+
+#[test]
+fn auto_accel_says_in_one_line_why_it_uses_the_software_cpu() {
+    let k = kernel(
+        "hello-auto",
+        &format!("{PUTS}\n  mov $0x10, %al\n  out %al, $0xf4\n  hlt\nmsg: .asciz \"hi\\n\""),
+    );
+    let mut cmd = vireo();
+    cmd.args(["run", "--accel", "auto", "--kernel"]).arg(&k);
+    let out = run_with_timeout(cmd, b"", 30);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(33), "{err}");
+    let notes: Vec<_> = err
+        .lines()
+        .filter(|l| l.contains("using the software CPU"))
+        .collect();
+    // Where KVM can run the guest there is nothing to explain.
+    assert!(notes.len() <= 1, "{err}");
+    if let Some(n) = notes.first() {
+        assert!(n.starts_with("vireo: using the software CPU: "), "{n}");
+        eprintln!("{n}");
+    }
+}

@@ -141,6 +141,8 @@ pub struct EngineHandle {
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// Receives every event since the start, for the first subscriber.
     first: Arc<Mutex<Option<Receiver<Event>>>>,
+    /// Why `--accel auto` fell back to the software CPU.
+    fallback: Option<String>,
 }
 
 impl EngineHandle {
@@ -160,6 +162,12 @@ impl EngineHandle {
         let (tx, rx) = mpsc::channel();
         lock(&self.subscribers).push(tx);
         rx
+    }
+
+    /// Why the accelerator choice `auto` fell back to the software CPU, if it
+    /// did (one line).
+    pub fn accel_fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
     }
 
     /// Waits for the engine thread to end.
@@ -300,7 +308,7 @@ pub fn start(config: &MachineConfig) -> Result<EngineHandle, EngineError> {
     let machine = Machine::new(config.memory)?;
     let boot = image.load(&machine)?;
     let (mut accel, fallback) = choose_accel(config.accel, config.kvm_allow_paravirtual, &machine)?;
-    if let Some(why) = fallback {
+    if let Some(why) = &fallback {
         tracing::info!("accelerator: soft ({why})");
     }
     accel.load_boot_state(&boot);
@@ -312,6 +320,7 @@ pub fn start(config: &MachineConfig) -> Result<EngineHandle, EngineError> {
     let subscribers: Subscribers = Arc::new(Mutex::new(vec![first_tx]));
     let handle = EngineHandle {
         first: Arc::new(Mutex::new(Some(first_rx))),
+        fallback,
         commands: tx,
         subscribers: subscribers.clone(),
         kick,
