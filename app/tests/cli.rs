@@ -258,3 +258,86 @@ fn auto_accel_says_in_one_line_why_it_uses_the_software_cpu() {
         eprintln!("{n}");
     }
 }
+
+#[test]
+fn triple_fault_with_no_reboot_exits_zero() {
+    // An empty IDT: the breakpoint escalates to a triple fault.
+    let k = kernel(
+        "triple",
+        "  lidt idt\n  int3\n1: hlt\n  jmp 1b\n.align 4\nidt: .word 0\n .long 0",
+    );
+    let mut cmd = vireo();
+    cmd.args(["run", "--accel", "soft", "--no-reboot", "--kernel"])
+        .arg(&k);
+    let out = run_with_timeout(cmd, b"", 30);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Opens a pseudo-terminal: (master, slave).
+fn openpty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let (mut m, mut s) = (0, 0);
+    // SAFETY: openpty writes two descriptors we then own; null name/termios/
+    // winsize pointers are allowed.
+    let rc = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: both descriptors are fresh and owned by nothing else.
+    unsafe { (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s)) }
+}
+
+#[test]
+fn ctrl_a_x_quits_from_a_terminal() {
+    use std::io::Read;
+    let k = kernel(
+        "spin",
+        &format!("{PUTS}\n3: jmp 3b\nmsg: .asciz \"ready\\n\""),
+    );
+    let (mut master, slave) = openpty();
+    let mut child = vireo()
+        .args(["run", "--accel", "soft", "--kernel"])
+        .arg(&k)
+        .stdin(slave.try_clone().expect("dup"))
+        .stdout(slave.try_clone().expect("dup"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(slave);
+    // Wait for the guest's output through the terminal.
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no output: {seen:?}"
+        );
+        let n = master.read(&mut buf).expect("read pty");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    master.write_all(b"\x01x").expect("write pty");
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            assert_eq!(st.code(), Some(0));
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("Ctrl-A x did not end vireo");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -85,3 +85,21 @@ fn unknown_instruction_is_undefined_opcode() {
     assert_eq!(cpu.last_exception, Some(Exc::UD));
     assert_eq!(cpu.rip, 0x501);
 }
+
+#[test]
+fn unimplemented_instruction_is_ud_and_logged_once() {
+    // vzeroupper (VEX, not implemented) twice in 32-bit protected mode with
+    // an empty IDT: each raises #UD (then a triple fault); logged once.
+    let mut cpu = cpu_with(&[0xc5, 0xf8, 0x77], 0x1000);
+    for _ in 0..2 {
+        cpu.reset();
+        cpu.cr0 |= cr0::PE;
+        cpu.seg[CS] = Segment::flat32(8, true);
+        cpu.idtr.limit = 0;
+        cpu.rip = 0x1000;
+        cpu.last_exception = None;
+        assert_eq!(cpu.run(10), CpuExit::Shutdown);
+        assert_eq!(cpu.last_exception, Some(Exc::UD));
+    }
+    assert_eq!(cpu.logged_ud.len(), 1);
+}
