@@ -32,6 +32,10 @@ macro_rules! hops {
         pub(crate) enum HOp { $($name),* }
 
         impl HOp {
+            /// Every operation.
+            #[cfg(test)]
+            pub(crate) const ALL: &[HOp] = &[$(HOp::$name),*];
+
             /// Bytes of the memory operand (0 if none).
             pub(crate) fn mem_len(self) -> usize {
                 const LEN: &[usize] = &[$($mem),*];
@@ -153,6 +157,10 @@ hops! {
 /// operand `mem` (SDM vol. 2, the instruction `op` stands for).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn compute(op: HOp, cw: u16, a: F80, b: F80, mem: &[u8; 10]) -> Out {
+    #[cfg(test)]
+    if super::soft::FORCE.with(|f| f.get()) {
+        return super::soft::run(op, cw, a, b, mem);
+    }
     super::host::run(op, cw, a, b, mem)
 }
 

@@ -491,7 +491,7 @@ fn rand_mem(r: &mut Rng, d: &mut [u8]) {
 
 /// A random valid x87 instruction (decoded in 32-bit mode, handled by
 /// [`lookup`]); memory forms address [ebx + disp8].
-fn rand_insn(r: &mut Rng, control: bool) -> Vec<u8> {
+fn rand_insn(r: &mut Rng, control: bool, exact_only: bool) -> Vec<u8> {
     loop {
         let esc = 0xd8 + r.below(8) as u8;
         let modrm = r.next() as u8;
@@ -514,6 +514,21 @@ fn rand_insn(r: &mut Rng, control: bool) -> Vec<u8> {
             iced_x86::Mnemonic::Fldcw | iced_x86::Mnemonic::Fldenv | iced_x86::Mnemonic::Frstor
         );
         if ctl && !control {
+            continue;
+        }
+        use iced_x86::Mnemonic as Mn;
+        let approx = matches!(
+            ins.mnemonic(),
+            Mn::Fsin
+                | Mn::Fcos
+                | Mn::Fsincos
+                | Mn::Fptan
+                | Mn::Fpatan
+                | Mn::F2xm1
+                | Mn::Fyl2x
+                | Mn::Fyl2xp1
+        );
+        if approx && exact_only {
             continue;
         }
         return b;
@@ -658,17 +673,25 @@ fn names(code: &[u8]) -> String {
 
 #[cfg(target_arch = "x86_64")]
 fn fuzz(seed: u64, iters: usize, max_len: u64) {
+    fuzz_with(seed, iters, max_len, false);
+}
+
+/// `soft`: run the emulator on the software backend (without the
+/// instructions it only approximates, and with masked exceptions only).
+#[cfg(target_arch = "x86_64")]
+fn fuzz_with(seed: u64, iters: usize, max_len: u64, soft: bool) {
     let mut r = Rng(seed);
     let mut e = Emu::new();
+    super::soft::FORCE.with(|f| f.set(soft));
     let mut fails: std::collections::BTreeMap<String, (usize, String)> = Default::default();
     let mut total = 0;
     for _ in 0..iters {
         let n = 1 + r.below(max_len);
         let mut code = vec![];
         for _ in 0..n {
-            code.extend(rand_insn(&mut r, n == 1));
+            code.extend(rand_insn(&mut r, n == 1 && !soft, soft));
         }
-        let state = rand_state(&mut r, n > 1);
+        let state = rand_state(&mut r, n > 1 || (soft && max_len > 1));
         let mut mem = vec![0u8; DATA_LEN];
         rand_mem(&mut r, &mut mem);
         let fl = (r.next() & flags::ARITH) | 0x202;
@@ -707,7 +730,15 @@ fn fuzz_sequences() {
     fuzz(0x0fed_cba9_8765_4321, 5000, 6);
 }
 
-/// Long run: `cargo test -p vireo-emulator --lib x87::tests::fuzz_long -- --ignored`.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn fuzz_soft_backend() {
+    fuzz_with(0x5eed_0000_1111_2222, 30000, 3, true);
+    fuzz_with(0x5eed_0000_1111_2223, 30000, 1, true);
+}
+
+/// Long run: `cargo test -p vireo-emulator --lib x87::tests::fuzz_long -- --ignored`
+/// (`X87_SEED=n` picks the seed, `X87_SOFT=1` fuzzes the software backend).
 #[cfg(target_arch = "x86_64")]
 #[test]
 #[ignore]
@@ -716,5 +747,139 @@ fn fuzz_long() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(7);
-    fuzz(seed, 1_000_000, 4);
+    let soft = std::env::var("X87_SOFT").is_ok();
+    fuzz_with(seed, 500_000, 1, soft);
+    fuzz_with(seed + 1, 500_000, 4, soft);
+}
+
+// ---------------------------------------------------------------------------
+// The portable software backend, checked against the host FPU.
+
+/// Operations the software backend computes approximately (in `f64`).
+#[cfg(target_arch = "x86_64")]
+fn soft_approx(op: HOp) -> bool {
+    use HOp::*;
+    matches!(
+        op,
+        SIN | COS | PTAN | SINCOS | F2XM1 | PATAN | YL2X | YL2XP1
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn soft_backend_matches_host() {
+    use HOp::*;
+    let seed = std::env::var("X87_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(99);
+    let iters = std::env::var("X87_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300_000);
+    let mut r = Rng(seed);
+    let mut bad = vec![];
+    let mut count = 0;
+    for _ in 0..iters {
+        let op = r.pick(HOp::ALL);
+        let cw = 0x3f | (r.pick(&[3u16, 2, 0]) << 8) | (r.below(4) as u16) << 10;
+        let (a, b) = (rand_f80(&mut r), rand_f80(&mut r));
+        let mut m = [0u8; 16];
+        rand_mem(&mut r, &mut m);
+        let mem: [u8; 10] = m[..10].try_into().unwrap();
+        let h = super::host::run(op, cw, a, b, &mem);
+        let s = super::soft::run(op, cw, a, b, &mem);
+        let n = op.mem_len();
+        let stores = matches!(
+            op,
+            ST_M32
+                | ST_M64
+                | IST_M16
+                | IST_M32
+                | ISTP_M64
+                | ISTTP_M16
+                | ISTTP_M32
+                | ISTTP_M64
+                | BSTP
+        );
+        let compares = matches!(
+            op,
+            COM | UCOM | COM_M32 | COM_M64 | ICOM_M16 | ICOM_M32 | TST
+        );
+        let cc = if compares {
+            C0 | C2 | C3
+        } else if matches!(op, PREM | PREM1) && !(h.r0.1 & 0x7fff == 0x7fff && h.r0.0 << 1 != 0) {
+            C0 | C1 | C2 | C3
+        } else {
+            C1
+        };
+        let same = if !soft_approx(op) {
+            let regs = if stores || compares {
+                true
+            } else if matches!(op, ADD1 | MUL1 | SUB1 | SUBR1 | DIV1 | DIVR1 | XTRACT) {
+                h.r1 == s.r1 && (op != XTRACT || h.r0 == s.r0)
+            } else {
+                h.r0 == s.r0
+            };
+            let memok = !stores || h.mem[..n] == s.mem[..n];
+            regs && memok && (h.sw & (0x3f | cc)) == (s.sw & (0x3f | cc))
+        } else {
+            // Approximate: for moderate normal operands in the instruction's
+            // domain, results within 1e-14 relative, same IE/DE/ZE.
+            let close = |x: F80, y: F80| {
+                x == y || {
+                    let (fx, fy) = (super::soft::to_f64_pub(x), super::soft::to_f64_pub(y));
+                    fx.is_finite() && (fx - fy).abs() <= 1e-13 * fx.abs().max(1.0)
+                }
+            };
+            let fa = super::soft::to_f64_pub(a);
+            let normal = |v: F80| v.1 & 0x7fff > 0x3f00 && v.1 & 0x7fff < 0x40ff && v.0 >> 63 == 1;
+            let domain = match op {
+                F2XM1 => fa.abs() < 1.0,
+                YL2XP1 => fa.abs() < 0.29,
+                YL2X => fa > 0.0,
+                SIN | COS | SINCOS => fa.abs() < 8.0,
+                PTAN => fa.abs() < 8.0 && fa.cos().abs() > 1e-3,
+                _ => true,
+            };
+            if normal(a) && normal(b) && domain {
+                count += 1;
+                let res = |o: &super::ops::Out| {
+                    if matches!(op, PTAN | SINCOS) {
+                        o.r1
+                    } else {
+                        o.r0
+                    }
+                };
+                close(res(&h), res(&s)) && (h.sw & 0x7) == (s.sw & 0x7)
+            } else {
+                true
+            }
+        };
+        if !same && bad.len() < 20 {
+            bad.push(format!(
+                "{op:?} cw={cw:04x} a={:04x}:{:016x} b={:04x}:{:016x} mem={:02x?}\n  host r0={:04x}:{:016x} r1={:04x}:{:016x} sw={:04x} mem={:02x?}\n  soft r0={:04x}:{:016x} r1={:04x}:{:016x} sw={:04x} mem={:02x?}",
+                a.1, a.0, b.1, b.0, &mem[..n],
+                h.r0.1, h.r0.0, h.r1.1, h.r1.0, h.sw & !0x3800, &h.mem[..n],
+                s.r0.1, s.r0.0, s.r1.1, s.r1.0, s.sw, &s.mem[..n]
+            ));
+        }
+    }
+    assert!(count > 1000);
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// The unit tests above, run again on the software backend.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn soft_backend_unit_tests() {
+    super::soft::FORCE.with(|f| f.set(true));
+    load_add_store_m64();
+    rounding_modes_and_precision();
+    compare_and_unordered();
+    stack_overflow_and_underflow();
+    fxam_classes();
+    integer_store_overflow_and_denormals();
+    fsave_frstor_roundtrip();
+    super::soft::FORCE.with(|f| f.set(false));
 }
