@@ -286,7 +286,7 @@ fn load_fp(mem: &[u8], double: bool) -> (F80, u16) {
         }
         let lz = frac.leading_zeros() as i32;
         let m = frac << lz;
-        let e = 1 - bias - (lz - (63 - fbits as i32));
+        let e = 1 - bias - (lz - (63 - fbits));
         return ((m, s | (e + BIAS) as u16), DE);
     }
     (

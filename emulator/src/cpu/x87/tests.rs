@@ -46,6 +46,7 @@ impl Emu {
         self.cpu.tlb.flush_all();
         self.cpu.rip = at;
         self.cpu.halted = false;
+        self.cpu.shutdown = false;
         self.cpu.last_exception = None;
         self.cpu.gpr[3] = data;
         self.cpu.run(100);
@@ -707,6 +708,7 @@ fn fuzz_with(seed: u64, iters: usize, max_len: u64, soft: bool) {
             ent.0 += 1;
         }
     }
+    super::soft::FORCE.with(|f| f.set(false));
     if total > 0 {
         let mut msg = format!("{total} of {iters} differ\n");
         for (k, (n, s)) in fails.iter().take(12) {
@@ -881,5 +883,194 @@ fn soft_backend_unit_tests() {
     fxam_classes();
     integer_store_overflow_and_denormals();
     fsave_frstor_roundtrip();
+    snan_operands();
+    pending_exception_and_mf();
+    fstenv_real_mode_layout();
+    frndint_and_fist_rounding();
     super::soft::FORCE.with(|f| f.set(false));
+}
+
+// ---------------------------------------------------------------------------
+// More unit tests (expected values from native runs unless noted).
+
+#[test]
+fn snan_operands() {
+    let mut e = Emu::new();
+    // fld dword [ebx] of an SNaN: IE, quieted.
+    e.set_data(&0x7fa0_0000u32.to_le_bytes());
+    e.run(&[0xd9, 0x03]);
+    assert_eq!(e.x().st(0), (0xe000_0000_0000_0000, 0x7fff));
+    assert_eq!(e.x().status(), 0x3801);
+    // fucom st1 with an SNaN in ST(1): IE even for the unordered compare.
+    let mut e = Emu::new();
+    stack(&mut e, &[ONE, SNAN]);
+    e.run(&[0xdd, 0xe1]);
+    assert_eq!(e.x().status(), 0x7501);
+    // fadd: QNaN-ized SNaN result.
+    e.run(&[0xd8, 0xc1]);
+    assert_eq!(e.x().st(0), (0xe000_0000_0000_0000, 0x7fff));
+}
+
+#[test]
+fn pending_exception_and_mf() {
+    let mut e = Emu::new();
+    // fldcw [ebx] with ZM clear; fldz; fld1; fdivrp → 1/0: ZE pending.
+    e.set_data(&0x037bu16.to_le_bytes());
+    e.run(&[0xd9, 0x2b, 0xd9, 0xee, 0xd9, 0xe8, 0xde, 0xf1]);
+    assert_eq!(e.cpu.last_exception, None);
+    assert_eq!(e.x().status() & 0x80ff, 0x8084);
+    // The destination is unchanged (unmasked ZE), no pop.
+    assert_eq!((e.x().st(0), e.x().st(1), e.x().top), (ONE, (0, 0), 6));
+    // FNSTSW AX does not wait; FWAIT raises #MF.
+    e.run(&[0xdf, 0xe0]);
+    assert_eq!(
+        (e.cpu.last_exception, e.cpu.gpr[0] & 0xffff),
+        (None, 0xb084)
+    );
+    e.run(&[0x9b]);
+    assert_eq!(e.cpu.last_exception.map(|x| x.vector), Some(vec::MF));
+    // With CR0.NE clear the exception is not reported (no FERR# wiring).
+    e.cpu.cr0 &= !cr0::NE;
+    e.run(&[0x9b]);
+    assert_eq!(e.cpu.last_exception, None);
+    // FNCLEX clears it.
+    e.cpu.cr0 |= cr0::NE;
+    e.run(&[0xdb, 0xe2, 0x9b]);
+    assert_eq!(e.cpu.last_exception, None);
+    assert_eq!(e.x().status() & 0x80ff, 0);
+    // Pointers: FIP and FOP of the faulting FDIVRP (CPUID FDP_EXCPTN_ONLY
+    // model: FOP = 0x6f1, FIP its offset).
+    assert_eq!((e.x().fip, e.x().fop), (CODE + 6, 0x6f1));
+}
+
+#[test]
+fn fstenv_real_mode_layout() {
+    // Layouts from SDM vol. 1 figures 8-10 and 8-12 (no native run possible).
+    let ram = GuestRam::new(1 << 20).unwrap();
+    let space = Arc::new(AddressSpace::new(ram));
+    let mut cpu = Cpu::new(space.clone());
+    cpu.seg[CS] = Segment::real(0x100);
+    cpu.seg[DS] = Segment::real(0x800);
+    cpu.rip = 0x10;
+    // fninit; fldcw [bx] (IM clear); fld1; fld1; fdiv st0,st0... use
+    // fsqrt of -1: fchs; fsqrt → IE pending; fnstenv [bx+2] (16-bit);
+    // o32 fnstenv [bx+0x20]; hlt
+    let code = [
+        0xdb, 0xe3, 0xd9, 0x2f, 0xd9, 0xe8, 0xd9, 0xe0, 0xd9, 0xfa, 0xd9, 0x77, 0x02, 0x66, 0xd9,
+        0x77, 0x20, 0xf4,
+    ];
+    space.ram.write_bytes(0x1010, &code);
+    space.ram.write_bytes(0x8000, &0x037eu16.to_le_bytes());
+    cpu.gpr[3] = 0;
+    cpu.run(20);
+    assert_eq!(cpu.last_exception, None);
+    let mut b = [0u8; 64];
+    space.ram.read_bytes(0x8000, &mut b);
+    let w = |k: usize| u16::from_le_bytes([b[k], b[k + 1]]);
+    let d = |k: usize| u32::from_le_bytes([b[k], b[k + 1], b[k + 2], b[k + 3]]);
+    // FSQRT at CS:8 = linear 0x1018; opcode D9 FA → 0x1fa; no memory operand.
+    assert_eq!(
+        [w(2), w(4), w(6), w(8), w(10), w(12), w(14)],
+        [0x037e, 0xb881, 0x3fff, 0x1018, 0x01fa, 0, 0]
+    );
+    // FNSTENV masked all exceptions (so ES and B cleared): the second image
+    // shows cw 0x037f and sw 0x3801.
+    assert_eq!(
+        [
+            d(0x20),
+            d(0x24),
+            d(0x28),
+            d(0x2c),
+            d(0x30),
+            d(0x34),
+            d(0x38)
+        ],
+        [
+            0xffff_037f,
+            0xffff_3801,
+            0xffff_3fff,
+            0xffff_1018,
+            0x01fa,
+            0xffff_0000,
+            0
+        ]
+    );
+    // FLDENV of the 16-bit image gets the pointers back.
+    let mut x = X87::default();
+    load_env(
+        &mut x,
+        &b[2..16],
+        &EnvFormat {
+            wide: false,
+            real: true,
+        },
+    );
+    assert_eq!(
+        (x.cw, x.status(), x.fip, x.fop, x.fdp),
+        (0x037e, 0xb881, 0x1018, 0x1fa, 0)
+    );
+    load_env(
+        &mut x,
+        &b[0x20..0x3c],
+        &EnvFormat {
+            wide: true,
+            real: true,
+        },
+    );
+    assert_eq!(
+        (x.cw, x.status(), x.fip, x.fop, x.fdp),
+        (0x037f, 0x3801, 0x1018, 0x1fa, 0)
+    );
+}
+
+#[test]
+fn fsave_page_fault_changes_nothing() {
+    // 32-bit paging, identity map of the first 4 MiB except the page at
+    // 0x9000; FNSAVE [0x8fc0] (108 bytes) would cross into it.
+    let mut e = Emu::new();
+    let (pd, pt) = (0x10000u64, 0x11000u64);
+    e.space.ram.write_u32(pd, pt as u32 | 3);
+    for i in 0..1024u64 {
+        let pte = if i == 9 { 0 } else { (i << 12) as u32 | 3 };
+        e.space.ram.write_u32(pt + 4 * i, pte);
+    }
+    e.cpu.cr3 = pd;
+    e.cpu.cr0 |= cr0::PG;
+    e.cpu.tlb.flush_all();
+    stack(&mut e, &[PI]);
+    e.space.ram.write_bytes(0x8fc0, &[0x5a; 64]);
+    // mov ebx, 0x8fc0 is set up by run_at; fnsave [ebx]
+    e.run_at(CODE, 0x8fc0, &[0xdd, 0x33]);
+    assert_eq!(e.cpu.last_exception.map(|x| x.vector), Some(vec::PF));
+    let mut b = [0u8; 64];
+    e.space.ram.read_bytes(0x8fc0, &mut b);
+    assert_eq!(b, [0x5a; 64]);
+    assert_eq!((e.x().st(0), e.x().top), (PI, 7));
+}
+
+#[test]
+fn frndint_and_fist_rounding() {
+    // fld tbyte [ebx]; fldcw [ebx+16]; frndint; fistp word [ebx+32]:
+    // 2.5 and -2.5 in each rounding mode.
+    for (v, results) in [
+        ((0xa000_0000_0000_0000, 0x4000), [2u16, 2, 3, 2]),
+        (
+            (0xa000_0000_0000_0000, 0xc000),
+            [0xfffe, 0xfffd, 0xfffe, 0xfffe],
+        ),
+    ] {
+        for (rc, want) in results.iter().enumerate() {
+            let mut e = Emu::new();
+            let mut d = [0u8; 48];
+            d[..10].copy_from_slice(&f80_bytes(v));
+            d[16..18].copy_from_slice(&(0x037f | (rc as u16) << 10).to_le_bytes());
+            e.set_data(&d);
+            e.run(&[0xdb, 0x2b, 0xd9, 0x6b, 0x10, 0xd9, 0xfc, 0xdf, 0x5b, 0x20]);
+            assert_eq!(
+                u16::from_le_bytes(e.data(34)[32..34].try_into().unwrap()),
+                *want
+            );
+            assert_eq!(e.x().status() & 0x3f, 0x20);
+        }
+    }
 }
