@@ -50,7 +50,8 @@ pub struct X87 {
 }
 
 impl Default for X87 {
-    /// The state after FNINIT (SDM vol. 1 §8.1.10, table 8-?? "FPU state following FINIT").
+    /// The state after FNINIT (SDM vol. 2 FINIT/FNINIT): control word 0x037f,
+    /// everything else clear, all registers empty.
     fn default() -> Self {
         X87 {
             regs: [(0, 0); 8],
@@ -290,7 +291,7 @@ fn real_layout(c: &Cpu) -> bool {
 }
 
 /// #NM and pending-exception checks done before an x87 instruction
-/// (SDM vol. 3 §2.5 CR0.EM/TS, table 12-? ; vol. 1 §8.7): `waiting`
+/// (SDM vol. 3 §2.5 CR0.EM/TS and table 2-2; vol. 1 §8.7): `waiting`
 /// instructions raise #MF for a pending unmasked exception when CR0.NE is
 /// set.
 fn check(c: &mut Cpu, waiting: bool) -> R {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 const CODE: u64 = 0x1000;
 const DATA: u64 = 0x8000;
+#[cfg(target_arch = "x86_64")]
 const DATA_LEN: usize = 192;
 
 /// A CPU in flat 32-bit protected mode, EBX pointing at the data area.
@@ -67,6 +68,7 @@ impl Emu {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 /// The 108-byte FSAVE image (32-bit protected-mode layout) of `x`.
 fn image(x: &X87) -> [u8; 108] {
     let f = EnvFormat {
@@ -81,6 +83,7 @@ fn image(x: &X87) -> [u8; 108] {
     b
 }
 
+#[cfg(target_arch = "x86_64")]
 /// Loads a 108-byte FSAVE image (32-bit protected-mode layout).
 fn from_image(b: &[u8; 108]) -> X87 {
     let mut x = X87::default();
@@ -380,9 +383,11 @@ mod native {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 /// xorshift64*.
 struct Rng(u64);
 
+#[cfg(target_arch = "x86_64")]
 impl Rng {
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
@@ -398,6 +403,7 @@ impl Rng {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 /// An interesting 80-bit value.
 fn rand_f80(r: &mut Rng) -> F80 {
     let sign = (r.below(2) as u16) << 15;
@@ -432,6 +438,7 @@ fn rand_f80(r: &mut Rng) -> F80 {
     (v.0, v.1 | sign)
 }
 
+#[cfg(target_arch = "x86_64")]
 /// Fills the data area with values of all sizes.
 fn rand_mem(r: &mut Rng, d: &mut [u8]) {
     for k in (0..d.len()).step_by(16) {
@@ -490,6 +497,7 @@ fn rand_mem(r: &mut Rng, d: &mut [u8]) {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 /// A random valid x87 instruction (decoded in 32-bit mode, handled by
 /// [`lookup`]); memory forms address [ebx + disp8].
 fn rand_insn(r: &mut Rng, control: bool, exact_only: bool) -> Vec<u8> {
@@ -536,6 +544,7 @@ fn rand_insn(r: &mut Rng, control: bool, exact_only: bool) -> Vec<u8> {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 /// A random FPU state without pending unmasked exceptions.
 fn rand_state(r: &mut Rng, masked: bool) -> [u8; 108] {
     let mut x = X87::default();
@@ -564,6 +573,7 @@ fn rand_state(r: &mut Rng, masked: bool) -> [u8; 108] {
     image(&x)
 }
 
+#[cfg(target_arch = "x86_64")]
 fn describe(img: &[u8; 108]) -> String {
     let x = from_image(img);
     let mut s = format!(
@@ -662,6 +672,7 @@ fn differ(
     Some(s)
 }
 
+#[cfg(target_arch = "x86_64")]
 /// Mnemonics of the instructions in `code`.
 fn names(code: &[u8]) -> String {
     let mut dec = iced_x86::Decoder::with_ip(32, code, 0, iced_x86::DecoderOptions::NONE);
