@@ -33,7 +33,7 @@ macro_rules! hops {
 
         impl HOp {
             /// Every operation.
-            #[cfg(test)]
+            #[cfg(all(test, target_arch = "x86_64"))]
             pub(crate) const ALL: &[HOp] = &[$(HOp::$name),*];
 
             /// Bytes of the memory operand (0 if none).

@@ -1086,7 +1086,7 @@ fn compute(op: HOp, cw: u16, a: F80, b: F80, mem: &[u8; 10]) -> Out {
 }
 
 /// [`to_f64`] for tests.
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 pub(crate) fn to_f64_pub(v: F80) -> f64 {
     to_f64(v)
 }
