@@ -39,8 +39,6 @@ pub(crate) struct Frame {
 /// read the status word, clear flags (so nothing traps later), switch to an
 /// all-masked control word, store `$nout` values, restore the control word.
 /// The x87 registers are declared clobbered; the stack is left empty.
-#[macro_export]
-#[doc(hidden)]
 macro_rules! host_x87_op {
     ($f:expr, $nin:tt, $nout:tt, $op:literal) => {
         // SAFETY: the assembly only touches the x87 unit (declared clobbered,

@@ -112,6 +112,16 @@ fn tag_of(v: F80) -> u16 {
 }
 
 impl X87 {
+    /// The state after RESET (SDM vol. 3 table 9-1): control word 0x0040,
+    /// all tags "zero" (0x5555), registers +0.0. (INIT leaves the FPU alone.)
+    pub fn at_reset() -> Self {
+        X87 {
+            cw: 0x0040,
+            tag: 0x5555,
+            ..X87::default()
+        }
+    }
+
     /// Physical register number of ST(`i`).
     pub fn phys(&self, i: usize) -> usize {
         (self.top as usize + i) & 7
