@@ -39,7 +39,7 @@ pub struct X87 {
     pub tag: u16,
     /// Last instruction pointer (offset; linear address in real and virtual-8086 mode).
     pub fip: u64,
-    /// Last instruction's code selector (always 0: FCS is deprecated, CPUID.(7,0):EBX[13]).
+    /// Last instruction's code selector (always 0: FCS is deprecated, CPUID.(7,0):EBX bit 13).
     pub fcs: u16,
     /// Last data pointer (offset; linear address in real and virtual-8086 mode).
     pub fdp: u64,

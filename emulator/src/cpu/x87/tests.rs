@@ -130,6 +130,11 @@ fn reset_state() {
         (x.cw, x.status(), x.tag, x.full_tag()),
         (0x037f, 0, 0xffff, 0xffff)
     );
+    let x = X87::at_reset();
+    assert_eq!(
+        (x.cw, x.status(), x.tag, x.full_tag()),
+        (0x0040, 0, 0x5555, 0x5555)
+    );
 }
 
 #[test]
