@@ -350,8 +350,8 @@ fn opcode(c: &mut Cpu, d: &Insn) -> u16 {
 
 /// Pointer bookkeeping after a non-control instruction (SDM vol. 1 §8.1.8–9):
 /// FIP always; FOP and FDP only when the instruction raised an unmasked
-/// exception (processors reporting CPUID.(EAX=7,ECX=0):EBX[6]); FCS and FDS
-/// read as 0 (EBX[13]).
+/// exception (processors reporting CPUID.(EAX=7,ECX=0):EBX bit 6); FCS and FDS
+/// read as 0 (EBX bit 13).
 fn fin(c: &mut Cpu, d: &Insn, unmasked: bool) {
     let real = real_layout(c);
     let ip = d.ins.ip();
