@@ -495,7 +495,7 @@ impl Cpu {
             ..Default::default()
         };
         self.cpl = 0;
-        self.x87 = X87::default();
+        self.x87 = X87::at_reset();
         self.xmm = [0; 16];
         self.mxcsr = 0x1f80;
         self.halted = false;

@@ -6,7 +6,7 @@
 // from `cpuid_features()`.
 
 /// SSE3 (leaf 1 ECX[0]).
-pub(crate) const HAS_SSE3: bool = false;
+pub(crate) const HAS_SSE3: bool = true;
 /// SSSE3 (leaf 1 ECX[9]).
 pub(crate) const HAS_SSSE3: bool = true;
 /// SSE4.1 (leaf 1 ECX[19]).
@@ -60,7 +60,9 @@ pub(crate) const fn cpuid_features() -> Features {
             | bit(HAS_POPCNT, 23)
             // Running under a hypervisor.
             | (1 << 31),
-        leaf7_ebx: bit(HAS_BMI1, 3) | bit(HAS_BMI2, 8),
+        // Bits 6 and 13: the x87 pointer model (FDP updated only on unmasked
+        // exceptions; FCS/FDS always 0).
+        leaf7_ebx: bit(HAS_BMI1, 3) | bit(HAS_BMI2, 8) | (1 << 6) | (1 << 13),
         // LAHF/SAHF in 64-bit mode.
         ext1_ecx: 1 | bit(HAS_LZCNT, 5),
     }

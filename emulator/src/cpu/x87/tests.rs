@@ -24,6 +24,8 @@ impl Emu {
         let ram = GuestRam::new(1 << 20).unwrap();
         let space = Arc::new(AddressSpace::new(ram));
         let mut cpu = Cpu::new(space.clone());
+        // The tests start from the FNINIT state, as an OS leaves it.
+        cpu.x87 = X87::default();
         cpu.cr0 |= cr0::PE | cr0::NE;
         cpu.seg[CS] = Segment::flat32(8, true);
         for s in [ES, SS, DS, FS, GS] {
