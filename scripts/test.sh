@@ -6,4 +6,11 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh --test
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo --version
-cargo test --workspace --profile ci --no-fail-fast "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --profile ci --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+# One closing line for the whole suite.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit $status
