@@ -115,6 +115,16 @@ fn debug_exit_sets_the_exit_status_and_serial_reaches_stdout() {
     );
 }
 
+/// Runs `k` under `--no-reboot`: its reset must end vireo with status 0.
+fn assert_guest_reset_exits_zero(k: &Path) {
+    let mut cmd = vireo();
+    cmd.args(["run", "--accel", "soft", "--no-reboot", "--kernel"])
+        .arg(k);
+    let out = run_with_timeout(cmd, b"", 30);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
+
 #[test]
 fn guest_reset_with_no_reboot_exits_zero() {
     // Pulse the i8042 reset line (command 0xfe).
@@ -122,16 +132,7 @@ fn guest_reset_with_no_reboot_exits_zero() {
         "reset",
         "  mov $0xfe, %al\n  out %al, $0x64\n1: hlt\n  jmp 1b",
     );
-    let mut cmd = vireo();
-    cmd.args(["run", "--accel", "soft", "--no-reboot", "--kernel"])
-        .arg(&k);
-    let out = run_with_timeout(cmd, b"", 30);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_guest_reset_exits_zero(&k);
 }
 
 #[test]
@@ -266,16 +267,7 @@ fn triple_fault_with_no_reboot_exits_zero() {
         "triple",
         "  lidt idt\n  int3\n1: hlt\n  jmp 1b\n.align 4\nidt: .word 0\n .long 0",
     );
-    let mut cmd = vireo();
-    cmd.args(["run", "--accel", "soft", "--no-reboot", "--kernel"])
-        .arg(&k);
-    let out = run_with_timeout(cmd, b"", 30);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_guest_reset_exits_zero(&k);
 }
 
 /// Opens a pseudo-terminal: (master, slave).
