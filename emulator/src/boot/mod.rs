@@ -1,6 +1,7 @@
 //! Boot loaders: put a guest kernel in memory and describe the CPU state it
 //! starts in.
 
+pub mod linux;
 pub mod multiboot;
 
 use crate::cpu::{DescriptorTable, Segment};
