@@ -70,6 +70,9 @@ pub enum EngineError {
     /// The kernel could not be loaded.
     #[error(transparent)]
     Multiboot(#[from] MultibootError),
+    /// The Linux kernel could not be loaded.
+    #[error(transparent)]
+    Linux(#[from] crate::boot::linux::LinuxBootError),
     /// No kernel or boot device was given.
     #[error("Nothing to boot: give --kernel")]
     NothingToBoot,
@@ -231,6 +234,15 @@ struct BootImage {
 
 impl BootImage {
     fn load(&self, machine: &Machine) -> Result<BootState, EngineError> {
+        if crate::boot::linux::is_bzimage(&self.kernel) {
+            return Ok(crate::boot::linux::load(
+                &machine.space.ram,
+                &self.name,
+                &self.kernel,
+                &self.cmdline,
+                self.modules.first().map(|m| m.data.as_slice()),
+            )?);
+        }
         Ok(multiboot::load(
             &machine.space.ram,
             &self.name,

@@ -382,6 +382,8 @@ impl Cpu {
                     continue;
                 }
             };
+            self.recent_blocks[self.recent_pos % 16] = self.rip;
+            self.recent_pos = self.recent_pos.wrapping_add(1);
             let ip_mask = self.ip_mask();
             for d in block.insns.iter() {
                 self.rip = d.ins.next_ip() & ip_mask;

@@ -398,6 +398,9 @@ pub struct Cpu {
     pub(crate) space: Arc<AddressSpace>,
     pub(crate) intc: Option<Arc<dyn InterruptController>>,
     pub(crate) tsc_start: std::time::Instant,
+    /// RIPs of the most recent blocks, for diagnosing triple faults.
+    pub(crate) recent_blocks: [u64; 16],
+    pub(crate) recent_pos: usize,
     /// The most recent exception raised (for tests and diagnostics).
     pub last_exception: Option<Exc>,
     /// Vectors logged as unimplemented (each logged once).
@@ -443,6 +446,8 @@ impl Cpu {
             tsc_start: std::time::Instant::now(),
             logged_ud: Default::default(),
             last_exception: None,
+            recent_blocks: [0; 16],
+            recent_pos: 0,
         };
         cpu.reset();
         cpu

@@ -647,7 +647,12 @@ fn cwd(c: &mut Cpu, d: &Insn) -> R {
 }
 
 fn leave(c: &mut Cpu, d: &Insn) -> R {
-    let s = stack_op_size(d);
+    // iced reports no stack-pointer increment for LEAVE: size from the form.
+    let s = match d.ins.code() {
+        iced_x86::Code::Leavew => 2,
+        iced_x86::Code::Leaved => 4,
+        _ => 8,
+    };
     let ss = c.stack_size();
     let bp = c.gpr[reg::RBP] & size_mask(ss);
     let v = c.read_mem(super::SS, bp, s)?;

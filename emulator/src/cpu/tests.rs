@@ -103,3 +103,34 @@ fn unimplemented_instruction_is_ud_and_logged_once() {
     }
     assert_eq!(cpu.logged_ud.len(), 1);
 }
+
+#[test]
+fn leave_pops_the_frame_pointer() {
+    // mov ebp, esp; push 0x1234 (as the saved frame pointer's slot);
+    // mov ebp, esp; sub esp, 0x20; leave; hlt
+    let code = [
+        0x68, 0x34, 0x12, 0x00, 0x00, // push 0x1234
+        0x89, 0xe5, // mov ebp, esp
+        0x83, 0xec, 0x20, // sub esp, 0x20
+        0xc9, // leave
+        0xf4,
+    ];
+    let mut cpu = cpu_with(&code, 0x1000);
+    cpu.cr0 |= cr0::PE;
+    cpu.seg[CS] = Segment::flat32(8, true);
+    cpu.seg[SS] = Segment::flat32(16, false);
+    cpu.gpr[reg::RSP] = 0x8000;
+    cpu.rip = 0x1000;
+    assert_eq!(cpu.run(100), CpuExit::Halted);
+    assert_eq!(cpu.gpr[reg::RBP], 0x1234);
+    assert_eq!(cpu.gpr[reg::RSP], 0x8000);
+    // 16-bit form in real mode.
+    let code16 = [0x68, 0x34, 0x12, 0x89, 0xe5, 0x83, 0xec, 0x20, 0xc9, 0xf4];
+    let mut cpu = cpu_with(&code16, 0x7c00);
+    cpu.seg[CS] = Segment::real(0);
+    cpu.gpr[reg::RSP] = 0x8000;
+    cpu.rip = 0x7c00;
+    assert_eq!(cpu.run(100), CpuExit::Halted);
+    assert_eq!(cpu.gpr[reg::RBP] & 0xffff, 0x1234);
+    assert_eq!(cpu.gpr[reg::RSP] & 0xffff, 0x8000);
+}

@@ -138,7 +138,16 @@ impl Cpu {
                 }
             }
         }
-        tracing::warn!("triple fault at {:#x}: shutdown", self.rip);
+        tracing::warn!(
+            "triple fault at {:#x} (first exception {:?}, cr2 {:#x}): shutdown",
+            self.rip,
+            self.last_exception,
+            self.cr2
+        );
+        let recent: Vec<String> = (0..16)
+            .map(|i| format!("{:#x}", self.recent_blocks[(self.recent_pos + i) % 16]))
+            .collect();
+        tracing::debug!("last blocks before the triple fault: {}", recent.join(" "));
         self.delivering = None;
         self.shutdown = true;
     }
