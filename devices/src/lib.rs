@@ -15,6 +15,7 @@ pub mod debug_exit;
 pub mod i8042;
 pub mod pic;
 pub mod pit;
+pub mod post_code;
 pub mod serial;
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The PC machine for direct kernel boot: RAM plus the legacy devices
-//! (PIC, PIT, COM1, i8042, isa-debug-exit) on their usual ports.
+//! (PIC, PIT, COM1, i8042, isa-debug-exit, POST code port) on their usual
+//! ports.
 
 use crate::bus::{lock, AddressSpace, BusError, SharedDevice};
 use crate::cpu::InterruptController;
@@ -11,6 +12,7 @@ use vireo_devices::debug_exit::DebugExit;
 use vireo_devices::i8042::{I8042Port, I8042};
 use vireo_devices::pic::{Pic, PicIrqLine, PicPorts};
 use vireo_devices::pit::{Pit, PortB};
+use vireo_devices::post_code::PostCode;
 use vireo_devices::serial::Serial;
 use vireo_devices::{Clock, HostClock, IrqLine, SystemControl};
 
@@ -173,6 +175,9 @@ impl Machine {
         )?;
         space.pio.insert(0x3f8, 8, serial.clone() as SharedDevice)?;
         space.pio.insert(0xf4, 1, debug_exit as SharedDevice)?;
+        space
+            .pio
+            .insert(0x80, 1, Arc::new(Mutex::new(PostCode::new())))?;
 
         let intc = Arc::new(PicController {
             pic: pic.clone(),
