@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use thiserror::Error;
 
 /// A kernel to boot directly.
@@ -454,15 +454,16 @@ impl Engine {
     }
 
     fn main_loop(&mut self) -> StopReason {
-        let clock_start = Instant::now();
+        // When the timers next need attention, in machine time.
+        let mut next_timer: Option<u64> = None;
         loop {
             // Commands: block only when there is nothing to run.
             let wait = match self.state {
                 RunState::Running => None,
                 RunState::Paused => Some(Duration::from_millis(50)),
                 RunState::Halted => {
-                    let now = clock_start.elapsed().as_nanos() as u64;
-                    let next = self.machine.poll_timers().unwrap_or(now + 10_000_000);
+                    let now = self.machine.now_ns();
+                    let next = next_timer.unwrap_or(now + 10_000_000);
                     Some(Duration::from_nanos(
                         next.saturating_sub(now).clamp(20_000, 10_000_000),
                     ))
@@ -494,10 +495,9 @@ impl Engine {
                     return r;
                 }
             }
-            self.machine.poll_timers();
+            next_timer = self.machine.poll_timers();
             self.feed_serial();
-            if self.state == RunState::Halted && self.machine.interrupt_controller().has_interrupt()
-            {
+            if self.state == RunState::Halted && self.machine.has_interrupt() {
                 self.state = RunState::Running;
             }
             if self.state == RunState::Running {

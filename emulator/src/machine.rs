@@ -125,6 +125,7 @@ pub struct Machine {
     /// Bytes COM1 sent since the last [`Machine::take_serial_output`].
     serial_out: Arc<Mutex<Vec<u8>>>,
     intc: Arc<PicController>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Machine {
@@ -146,7 +147,7 @@ impl Machine {
             irq(4),
             Box::new(move |b: u8| lock(&sink).push(b)),
         )));
-        let pit = Arc::new(Mutex::new(Pit::new(clock, irq(0))));
+        let pit = Arc::new(Mutex::new(Pit::new(clock.clone(), irq(0))));
         let i8042 = Arc::new(Mutex::new(I8042::new(control.clone(), irq(1), irq(12))));
         let debug_exit = Arc::new(Mutex::new(DebugExit::new(control.clone())));
 
@@ -192,12 +193,23 @@ impl Machine {
             control,
             serial_out,
             intc,
+            clock,
         })
     }
 
     /// The interrupt controller the vCPU takes interrupts from.
     pub fn interrupt_controller(&self) -> Arc<dyn InterruptController> {
         self.intc.clone()
+    }
+
+    /// True when the interrupt controller asserts INTR.
+    pub fn has_interrupt(&self) -> bool {
+        self.intc.has_interrupt()
+    }
+
+    /// Machine time in ns: the clock the timers' deadlines are given in.
+    pub fn now_ns(&self) -> u64 {
+        self.clock.now_ns()
     }
 
     /// Drains what the guest wrote to COM1.
