@@ -5,8 +5,8 @@ use super::mmu::Access;
 use super::{flags, Cpu, Exc, R};
 use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind, Register};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Executes one decoded instruction.
 pub(crate) type Handler = fn(&mut Cpu, &Insn) -> R;
@@ -17,6 +17,9 @@ pub(crate) struct Insn {
     pub ins: Instruction,
     /// Its semantics.
     pub handler: Handler,
+    /// The plain semantics when `handler` wraps them (LOCK-prefixed
+    /// instructions on a multiprocessor run them atomically).
+    pub inner: Handler,
     /// Operand size in bytes of the first explicit operand (0 if none).
     pub osize: u8,
     /// Address-size mask for memory operands (0xffff, 0xffff_ffff or all ones).
@@ -69,18 +72,94 @@ pub(crate) struct CodeCache {
     /// between blocks (so the loop can run a block without owning a
     /// reference count).
     graveyard: Vec<Arc<Block>>,
-    /// One bit per 4 KiB RAM page that holds cached code.
-    code_bits: Vec<u64>,
+}
+
+/// A request one vCPU leaves for another about its code cache.
+#[derive(Debug, Clone, Copy)]
+enum CodeMsg {
+    /// The page was written: drop the blocks decoded from it.
+    Drop(u64),
+    /// The page now holds code: stop writing it through the TLB.
+    Protect(u64),
+}
+
+/// Code-cache state the vCPUs of one machine share: which RAM pages hold
+/// code some vCPU has decoded, and each vCPU's queue of requests from the
+/// others (cross-modifying code, SDM vol. 3 §8.1.3: another processor sees
+/// the change at its next block boundary).
+pub struct SharedCode {
+    bits: Vec<AtomicU64>,
+    queues: Vec<Mutex<Vec<CodeMsg>>>,
+    pending: Vec<AtomicBool>,
+}
+
+impl SharedCode {
+    /// State for `vcpus` vCPUs over `ram_size` bytes of RAM.
+    pub fn new(ram_size: u64, vcpus: usize) -> Arc<Self> {
+        let words = (ram_size / 4096).div_ceil(64) as usize + 1;
+        Arc::new(SharedCode {
+            bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            queues: (0..vcpus.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+            pending: (0..vcpus.max(1)).map(|_| AtomicBool::new(false)).collect(),
+        })
+    }
+
+    /// Number of vCPUs sharing this state.
+    pub fn vcpus(&self) -> usize {
+        self.queues.len()
+    }
+
+    #[inline(always)]
+    pub(crate) fn is_code_page(&self, page: u64) -> bool {
+        let n = (page >> 12) as usize;
+        self.bits
+            .get(n / 64)
+            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (n % 64)) != 0)
+    }
+
+    /// Marks `page` as holding code; true if it did not before.
+    fn mark(&self, page: u64) -> bool {
+        let n = (page >> 12) as usize;
+        match self.bits.get(n / 64) {
+            Some(w) => w.fetch_or(1 << (n % 64), Ordering::SeqCst) & (1 << (n % 64)) == 0,
+            None => false,
+        }
+    }
+
+    fn unmark(&self, page: u64) {
+        let n = (page >> 12) as usize;
+        if let Some(w) = self.bits.get(n / 64) {
+            w.fetch_and(!(1 << (n % 64)), Ordering::SeqCst);
+        }
+    }
+
+    fn post_others(&self, me: usize, msg: CodeMsg) {
+        for (i, q) in self.queues.iter().enumerate() {
+            if i != me {
+                crate::bus::lock(q).push(msg);
+                self.pending[i].store(true, Ordering::Release);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn has_pending(&self, me: usize) -> bool {
+        self.pending[me].load(Ordering::Relaxed)
+    }
+
+    fn take(&self, me: usize) -> Vec<CodeMsg> {
+        self.pending[me].store(false, Ordering::Release);
+        std::mem::take(&mut *crate::bus::lock(&self.queues[me]))
+    }
 }
 
 impl CodeCache {
-    pub(crate) fn new(ram_size: u64) -> Self {
+    pub(crate) fn new() -> Self {
         CodeCache {
             map: FastMap::default(),
             fast: vec![None; FAST_SLOTS],
             pages: FastMap::default(),
             graveyard: Vec::new(),
-            code_bits: vec![0; (ram_size / 4096).div_ceil(64) as usize + 1],
         }
     }
 
@@ -93,27 +172,6 @@ impl CodeCache {
         self.fast.fill(None);
         self.graveyard.extend(self.map.drain().map(|(_, b)| b));
         self.pages.clear();
-        self.code_bits.fill(0);
-    }
-
-    #[inline(always)]
-    pub(crate) fn is_code_page(&self, page: u64) -> bool {
-        let n = (page >> 12) as usize;
-        self.code_bits
-            .get(n / 64)
-            .is_some_and(|w| w & (1 << (n % 64)) != 0)
-    }
-
-    fn mark_code_page(&mut self, page: u64) -> bool {
-        let n = (page >> 12) as usize;
-        match self.code_bits.get_mut(n / 64) {
-            Some(w) => {
-                let was = *w & (1 << (n % 64)) != 0;
-                *w |= 1 << (n % 64);
-                !was
-            }
-            None => false,
-        }
     }
 
     /// Drops every block decoded from `page`.
@@ -128,10 +186,6 @@ impl CodeCache {
                     self.fast[s] = None;
                 }
             }
-        }
-        let n = (page >> 12) as usize;
-        if let Some(w) = self.code_bits.get_mut(n / 64) {
-            *w &= !(1 << (n % 64));
         }
     }
 }
@@ -233,9 +287,15 @@ fn unimplemented(cpu: &mut Cpu, d: &Insn) -> R {
     Err(cpu.unimplemented(&d.ins))
 }
 
-fn make_insn(ins: Instruction, bitness: u32) -> Insn {
+fn make_insn(ins: Instruction, bitness: u32, smp: bool) -> Insn {
+    let handler = lookup(&ins);
     Insn {
-        handler: lookup(&ins),
+        handler: if smp && super::atomic::is_locked(&ins) {
+            super::atomic::locked
+        } else {
+            handler
+        },
+        inner: handler,
         osize: op_size(&ins),
         amask: addr_mask(&ins, bitness),
         ins,
@@ -251,6 +311,65 @@ impl Cpu {
             32 => 0xffff_ffff,
             _ => 0xffff,
         }
+    }
+
+    /// Takes NMI, INIT and SIPI from the local APIC (SDM vol. 3 §8.4.1,
+    /// §10.6.1).
+    #[cold]
+    fn take_cpu_events(&mut self) {
+        let Some(ic) = self.intc.clone() else {
+            return;
+        };
+        while let Some(ev) = ic.take_event() {
+            match ev {
+                super::CpuEvent::Nmi => self.nmi_pending = true,
+                super::CpuEvent::Init => {
+                    self.reset();
+                    self.wait_sipi = true;
+                }
+                super::CpuEvent::Sipi(v) => {
+                    if self.wait_sipi {
+                        self.wait_sipi = false;
+                        self.halted = false;
+                        self.seg[super::CS].selector = (v as u16) << 8;
+                        self.seg[super::CS].base = (v as u64) << 12;
+                        self.rip = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    /// True when something would take the CPU out of HLT or wait-for-SIPI
+    /// (for the thread that waits for it).
+    pub fn can_wake(&self) -> bool {
+        let pending = match &self.intc {
+            Some(ic) => ic.pending(),
+            None => 0,
+        };
+        pending & super::PENDING_EVENT != 0
+            || (!self.wait_sipi
+                && (self.nmi_pending && !self.nmi_blocked
+                    || pending & super::PENDING_INTR != 0 && self.flags.sys(flags::IF)))
+    }
+
+    /// Applies what other vCPUs asked of this one's code cache and TLB.
+    #[cold]
+    fn process_code_messages(&mut self) {
+        for m in self.code.take(self.index) {
+            match m {
+                CodeMsg::Drop(page) => self.cache.invalidate_page(page),
+                CodeMsg::Protect(page) => self.tlb.flush_phys_writes(page),
+            }
+        }
+    }
+
+    /// A write hit a page holding code: drop the blocks decoded from it here
+    /// and in every other vCPU.
+    pub(crate) fn invalidate_code_page(&mut self, page: u64) {
+        self.cache.invalidate_page(page);
+        self.code.unmark(page);
+        self.code.post_others(self.index, CodeMsg::Drop(page));
     }
 
     /// Finds or decodes the block at CS:RIP.
@@ -297,7 +416,7 @@ impl Cpu {
                     break;
                 }
                 let ends = !matches!(ins.flow_control(), iced_x86::FlowControl::Next);
-                insns.push(make_insn(ins, bitness));
+                insns.push(make_insn(ins, bitness, self.smp));
                 if ends {
                     break;
                 }
@@ -318,20 +437,21 @@ impl Cpu {
                 }
             }
             let b = Arc::new(Block {
-                insns: vec![make_insn(ins, bitness)],
+                insns: vec![make_insn(ins, bitness, self.smp)],
             });
             let p = Arc::as_ptr(&b);
             self.cache.graveyard.push(b);
             return Ok(p);
         }
         let block = Arc::new(Block { insns });
-        if self.cache.mark_code_page(page) {
+        if self.code.mark(page) {
             self.tlb.flush_phys_writes(page);
+            self.code.post_others(self.index, CodeMsg::Protect(page));
         }
         if self.cache.map.len() > 1 << 16 {
+            // Pages stay marked (other vCPUs may hold their code); a write
+            // to one just takes the slow path once.
             self.cache.clear();
-            self.tlb.flush_all();
-            self.cache.mark_code_page(page);
         }
         let p = Arc::as_ptr(&block);
         self.cache.map.insert(key, block);
@@ -354,18 +474,34 @@ impl Cpu {
             if self.icount >= limit {
                 return CpuExit::Budget;
             }
+            if self.code.has_pending(self.index) {
+                self.process_code_messages();
+            }
+            let pending = match &self.intc {
+                Some(ic) => ic.pending(),
+                None => 0,
+            };
+            if pending & super::PENDING_EVENT != 0 {
+                self.take_cpu_events();
+            }
+            if self.wait_sipi {
+                return CpuExit::Halted;
+            }
+            if self.nmi_pending && !self.nmi_blocked && !self.irq_inhibit {
+                self.nmi_pending = false;
+                self.nmi_blocked = true;
+                self.external_interrupt(super::vec::NMI);
+                self.stop_block = false;
+                continue;
+            }
             if self.irq_inhibit {
                 self.irq_inhibit = false;
-            } else if self.flags.sys(flags::IF) {
-                if let Some(ic) = &self.intc {
-                    if ic.has_interrupt() {
-                        if let Some(v) = ic.acknowledge() {
-                            self.halted = false;
-                            self.external_interrupt(v);
-                            self.stop_block = false;
-                            continue;
-                        }
-                    }
+            } else if pending & super::PENDING_INTR != 0 && self.flags.sys(flags::IF) {
+                if let Some(v) = self.intc.as_ref().and_then(|ic| ic.acknowledge()) {
+                    self.halted = false;
+                    self.external_interrupt(v);
+                    self.stop_block = false;
+                    continue;
                 }
             }
             if self.halted {

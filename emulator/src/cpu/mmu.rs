@@ -79,6 +79,27 @@ impl Tlb {
         }
     }
 
+    /// Removes and returns the read and write entries for linear page
+    /// `lin` (so every access to it takes the slow path for a while).
+    pub(crate) fn take_page(&mut self, lin: u64) -> [TlbEntry; 4] {
+        let idx = ((lin >> 12) as usize) & (TLB_SIZE - 1);
+        let mut out = [EMPTY; 4];
+        for (o, t) in out.iter_mut().zip(self.e[..4].iter_mut()) {
+            *o = std::mem::replace(&mut t[idx], EMPTY);
+        }
+        out
+    }
+
+    /// Puts back what [`Tlb::take_page`] removed.
+    pub(crate) fn restore_page(&mut self, lin: u64, saved: [TlbEntry; 4]) {
+        let idx = ((lin >> 12) as usize) & (TLB_SIZE - 1);
+        for (s, t) in saved.into_iter().zip(self.e[..4].iter_mut()) {
+            if s.tag != INVALID {
+                t[idx] = s;
+            }
+        }
+    }
+
     /// Drops write entries that map physical page `phys` (it now holds code).
     pub(crate) fn flush_phys_writes(&mut self, phys: u64) {
         for t in self.e[2..4].iter_mut() {
@@ -255,18 +276,49 @@ impl Cpu {
             if leaf && write {
                 ne |= PTE_D;
             }
-            if ne != e {
-                self.space.write_phys(
-                    addr,
-                    if wide { 8 } else { 4 },
-                    ne & if wide { u64::MAX } else { 0xffff_ffff },
-                );
+            if ne != e && !self.set_pte_bits(addr, wide, e, ne) {
+                // Another vCPU changed the entry since it was read: walk
+                // again with what is there now.
+                return self.walk(lin, acc, user);
             }
         }
         Ok(Walk {
             phys,
             global: global && self.cr4 & cr4::PGE != 0,
         })
+    }
+
+    /// Stores page-table entry `addr` (8 bytes if `wide`, else 4) as `new`
+    /// if it still holds `old`; false if another vCPU changed it.
+    fn set_pte_bits(&mut self, addr: u64, wide: bool, old: u64, new: u64) -> bool {
+        use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+        let size = if wide { 8 } else { 4 };
+        match self.space.ram.ptr(addr, size) {
+            Some(p) if addr % size == 0 && self.smp => {
+                // SAFETY: `ptr` checked the range; the entry is naturally
+                // aligned (checked), as the atomics require.
+                unsafe {
+                    if wide {
+                        (*(p as *const AtomicU64))
+                            .compare_exchange(old, new, Ordering::SeqCst, Ordering::SeqCst)
+                            .is_ok()
+                    } else {
+                        (*(p as *const AtomicU32))
+                            .compare_exchange(
+                                old as u32,
+                                new as u32,
+                                Ordering::SeqCst,
+                                Ordering::SeqCst,
+                            )
+                            .is_ok()
+                    }
+                }
+            }
+            _ => {
+                self.space.write_phys(addr, size as usize, new & if wide { u64::MAX } else { 0xffff_ffff });
+                true
+            }
+        }
     }
 
     /// Translates linear `lin` to physical, filling the TLB.
@@ -278,7 +330,7 @@ impl Cpu {
             (lin & 0xffff_ffff, false)
         };
         let page = phys & !0xfff;
-        let code_write = acc == Access::Write && self.cache.is_code_page(page);
+        let code_write = acc == Access::Write && self.code.is_code_page(page);
         let cacheable = !code_write && !self.space.mmio.overlaps(page, 0x1000);
         if cacheable {
             if let Some(host) = self.space.ram.ptr(page, 0x1000) {
@@ -340,6 +392,11 @@ impl Cpu {
     #[inline(never)]
     fn read_lin_slow(&mut self, lin: u64, size: u8, acc: Access, user: bool) -> R<u64> {
         let size = size.min(8);
+        if let Some(cell) = &self.lock_cell {
+            if let Some(v) = cell.read(lin, size as u64) {
+                return Ok(v);
+            }
+        }
         let first = 0x1000 - (lin & 0xfff);
         if (size as u64) <= first {
             let pa = self.translate(lin, acc, user)?;
@@ -382,6 +439,11 @@ impl Cpu {
     #[inline(never)]
     fn write_lin_slow(&mut self, lin: u64, size: u8, v: u64, user: bool) -> R {
         let size = size.min(8);
+        if let Some(cell) = &mut self.lock_cell {
+            if cell.write(lin, size as u64, v) {
+                return Ok(());
+            }
+        }
         let first = 0x1000 - (lin & 0xfff);
         if (size as u64) <= first {
             let pa = self.translate(lin, Access::Write, user)?;
@@ -409,8 +471,8 @@ impl Cpu {
     #[inline]
     pub(crate) fn note_code_write(&mut self, pa: u64) {
         let page = pa & !0xfff;
-        if self.cache.is_code_page(page) {
-            self.cache.invalidate_page(page);
+        if self.code.is_code_page(page) {
+            self.invalidate_code_page(page);
             self.stop_block = true;
         }
     }
@@ -442,7 +504,7 @@ impl Cpu {
     /// Segment limit and type checks outside 64-bit mode (SDM vol. 3 §5.3,
     /// §5.4.1): #SS(0) for SS, #GP(0) otherwise.
     #[inline(always)]
-    fn check_segment(&self, seg: usize, off: u64, size: u8, write: bool) -> R {
+    pub(crate) fn check_segment(&self, seg: usize, off: u64, size: u8, write: bool) -> R {
         let s = &self.seg[seg];
         // Present, writable, expand-up data spanning 4 GiB: nothing to check.
         if s.limit == u32::MAX && s.attr & 0x9e == 0x92 || self.mode64() {
@@ -500,7 +562,7 @@ impl Cpu {
     /// In 64-bit mode a non-canonical address raises #SS(0) for stack
     /// accesses and #GP(0) otherwise (SDM vol. 3 §3.3.7.1).
     #[inline(always)]
-    fn check_canonical(&self, seg: usize, lin: u64) -> R {
+    pub(crate) fn check_canonical(&self, seg: usize, lin: u64) -> R {
         if self.mode64() && ((lin as i64) << 16 >> 16) as u64 != lin {
             return Err(if seg == super::SS {
                 Exc::ss(0)

@@ -10,6 +10,7 @@
 pub mod flags;
 pub mod mmu;
 
+mod atomic;
 mod exec;
 mod operand;
 mod ops_basic;
@@ -21,7 +22,7 @@ mod x87;
 #[cfg(test)]
 mod tests;
 
-pub use exec::CpuExit;
+pub use exec::{CpuExit, SharedCode};
 pub use x87::X87;
 
 use crate::bus::AddressSpace;
@@ -329,12 +330,67 @@ pub struct Msrs {
     pub tsc_offset: u64,
 }
 
-/// Source of external interrupts (the PIC or, later, the local APIC).
+/// Source of external interrupts: the PIC, or this CPU's local APIC (with
+/// the PIC behind it).
 pub trait InterruptController: Send + Sync {
-    /// True when the controller asserts INTR.
+    /// True when a maskable interrupt is pending (INTR).
     fn has_interrupt(&self) -> bool;
+    /// [`PENDING_INTR`] and [`PENDING_EVENT`] in one call (the CPU asks at
+    /// every block boundary).
+    #[inline]
+    fn pending(&self) -> u8 {
+        let mut p = if self.has_interrupt() { PENDING_INTR } else { 0 };
+        if self.has_event() {
+            p |= PENDING_EVENT;
+        }
+        p
+    }
     /// The INTA cycle: returns the vector, or `None` if the request vanished.
     fn acknowledge(&self) -> Option<u8>;
+    /// True when an NMI, INIT or SIPI is pending (checked every block, so
+    /// it must be cheap).
+    fn has_event(&self) -> bool {
+        false
+    }
+    /// Takes the pending non-maskable event, NMI/INIT before SIPI.
+    fn take_event(&self) -> Option<CpuEvent> {
+        None
+    }
+    /// RDMSR of an MSR the interrupt controller implements (APIC base,
+    /// TSC deadline), given the CPU's TSC offset.
+    fn read_msr(&self, _msr: u32, _tsc_offset: u64) -> Option<u64> {
+        None
+    }
+    /// WRMSR of such an MSR; false if it is not one of them.
+    fn write_msr(&self, _msr: u32, _value: u64, _tsc_offset: u64) -> bool {
+        false
+    }
+    /// The task priority (CR8 is TPR[7:4]), if there is a local APIC.
+    fn tpr(&self) -> Option<u8> {
+        None
+    }
+    /// Sets the task priority.
+    fn set_tpr(&self, _tpr: u8) {}
+    /// The local APIC ID (CPUID leaf 1 EBX[31:24]), if there is one.
+    fn apic_id(&self) -> Option<u8> {
+        None
+    }
+}
+
+/// [`InterruptController::pending`]: a maskable interrupt is pending.
+pub const PENDING_INTR: u8 = 1;
+/// [`InterruptController::pending`]: an NMI, INIT or SIPI is pending.
+pub const PENDING_EVENT: u8 = 2;
+
+/// Events a local APIC hands the CPU outside the maskable-interrupt path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuEvent {
+    /// Non-maskable interrupt.
+    Nmi,
+    /// INIT: reset to the wait-for-SIPI state (SDM vol. 3 §8.4.1).
+    Init,
+    /// Start-up IPI with its vector (start at vector × 4096 in real mode).
+    Sipi(u8),
 }
 
 /// The software CPU.
@@ -381,6 +437,14 @@ pub struct Cpu {
     pub mxcsr: u32,
     /// Waiting for an interrupt after HLT.
     pub halted: bool,
+    /// Waiting for a start-up IPI (an application processor after INIT).
+    pub wait_sipi: bool,
+    /// NMIs are blocked until the next IRET.
+    pub(crate) nmi_blocked: bool,
+    /// An NMI waits for delivery.
+    pub(crate) nmi_pending: bool,
+    /// The memory operand of the locked instruction being executed.
+    pub(crate) lock_cell: Option<atomic::LockCell>,
     /// Guest instructions retired.
     pub icount: u64,
     /// Set from another thread to make [`Cpu::run`] return soon.
@@ -398,6 +462,12 @@ pub struct Cpu {
     pub(crate) space: Arc<AddressSpace>,
     pub(crate) intc: Option<Arc<dyn InterruptController>>,
     pub(crate) tsc_start: std::time::Instant,
+    /// Code-cache state shared with the other vCPUs.
+    pub(crate) code: Arc<SharedCode>,
+    /// This vCPU's index among the machine's vCPUs.
+    pub(crate) index: usize,
+    /// More than one vCPU: LOCKed instructions must be atomic on the host.
+    pub(crate) smp: bool,
     /// RIPs of the most recent blocks, for diagnosing triple faults.
     pub(crate) recent_blocks: [u64; 16],
     pub(crate) recent_pos: usize,
@@ -411,6 +481,19 @@ impl Cpu {
     /// A CPU in the state after RESET (SDM vol. 3 §9.1.1), executing from
     /// `space`.
     pub fn new(space: Arc<AddressSpace>) -> Self {
+        let code = SharedCode::new(space.ram.size(), 1);
+        Self::new_vcpu(space, code, 0, std::time::Instant::now())
+    }
+
+    /// vCPU `index` of a machine whose vCPUs share `code`; the TSC counts
+    /// nanoseconds since `tsc_origin` (the same for every vCPU).
+    pub fn new_vcpu(
+        space: Arc<AddressSpace>,
+        code: Arc<SharedCode>,
+        index: usize,
+        tsc_origin: std::time::Instant,
+    ) -> Self {
+        let smp = code.vcpus() > 1;
         let mut cpu = Cpu {
             gpr: [0; 16],
             rip: 0,
@@ -433,6 +516,10 @@ impl Cpu {
             xmm: [0; 16],
             mxcsr: 0x1f80,
             halted: false,
+            wait_sipi: false,
+            nmi_blocked: false,
+            nmi_pending: false,
+            lock_cell: None,
             icount: 0,
             exit_request: Arc::new(AtomicBool::new(false)),
             irq_inhibit: false,
@@ -440,10 +527,13 @@ impl Cpu {
             shutdown: false,
             delivering: None,
             tlb: mmu::Tlb::new(),
-            cache: exec::CodeCache::new(space.ram.size()),
+            cache: exec::CodeCache::new(),
             space,
             intc: None,
-            tsc_start: std::time::Instant::now(),
+            tsc_start: tsc_origin,
+            code,
+            index,
+            smp,
             logged_ud: Default::default(),
             last_exception: None,
             recent_blocks: [0; 16],
@@ -504,6 +594,10 @@ impl Cpu {
         self.xmm = [0; 16];
         self.mxcsr = 0x1f80;
         self.halted = false;
+        self.wait_sipi = false;
+        self.nmi_blocked = false;
+        self.nmi_pending = false;
+        self.lock_cell = None;
         self.irq_inhibit = false;
         self.stop_block = false;
         self.shutdown = false;

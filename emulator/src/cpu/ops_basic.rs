@@ -122,10 +122,13 @@ pub(super) fn lookup(ins: &Instruction) -> Option<Handler> {
         | M::Prefetcht2
         | M::Prefetchw
         | M::Lfence
-        | M::Mfence
         | M::Sfence
         | M::Clflush
         | M::Clflushopt => nop,
+        M::Mfence => |_, _| {
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        },
         M::Clc => |c, _| set_flag(c, CF, false),
         M::Stc => |c, _| set_flag(c, CF, true),
         M::Cmc => |c, _| {

@@ -1256,7 +1256,7 @@ fn bulk_ptr(c: &mut Cpu, lin: u64, len: u64, acc: Access) -> R<Option<*mut u8>> 
     let user = c.user();
     let pa = c.translate(lin, acc, user)?;
     let page = pa & !0xfff;
-    if c.space.mmio.overlaps(page, 0x1000) || (acc == Access::Write && c.cache.is_code_page(page)) {
+    if c.space.mmio.overlaps(page, 0x1000) || (acc == Access::Write && c.code.is_code_page(page)) {
         return Ok(None);
     }
     Ok(c.space.ram.ptr(pa, len))

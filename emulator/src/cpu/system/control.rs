@@ -124,6 +124,9 @@ pub(super) fn mov_to_cr(c: &mut Cpu, d: &Insn) -> R {
                 return Err(Exc::gp(0));
             }
             c.cr8 = v;
+            if let Some(ic) = &c.intc {
+                ic.set_tpr((v as u8) << 4);
+            }
             c.stop_block = true;
             Ok(())
         }
@@ -139,7 +142,10 @@ pub(super) fn mov_from_cr(c: &mut Cpu, d: &Insn) -> R {
         2 => c.cr2,
         3 => c.cr3,
         4 => c.cr4,
-        8 => c.cr8,
+        8 => match c.intc.as_ref().and_then(|ic| ic.tpr()) {
+            Some(tpr) => (tpr >> 4) as u64,
+            None => c.cr8,
+        },
         _ => return Err(Exc::UD),
     };
     let r = d.ins.op0_register();

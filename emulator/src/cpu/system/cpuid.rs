@@ -69,7 +69,7 @@ pub(crate) const fn cpuid_features() -> Features {
 }
 
 /// Highest basic leaf.
-const MAX_BASIC: u32 = 7;
+const MAX_BASIC: u32 = 0x16;
 /// Highest extended leaf.
 const MAX_EXT: u32 = 0x8000_0008;
 /// Family 6, model 0x55, stepping 4.
@@ -153,6 +153,13 @@ pub(crate) fn cpuid_leaf(leaf: u32, sub: u32) -> [u32; 4] {
             0 => [0, f.leaf7_ebx, 0, 0],
             _ => [0; 4],
         },
+        // TSC and core crystal clock: a 1 GHz crystal, TSC = crystal × 1/1
+        // (the TSC counts host nanoseconds; the local APIC timer runs off
+        // the same 1 GHz), so the guest need not calibrate either.
+        0x15 => [1, 1, 1_000_000_000, 0],
+        // Base, maximum and bus frequency in MHz.
+        0x16 => [1000, 1000, 1000, 0],
+        8..=0x14 => [0; 4],
         0x4000_0000 => {
             // EBX, ECX, EDX.
             let (w0, w1, w2) = words(b"VireoVireoVi");
@@ -184,7 +191,19 @@ pub(crate) fn cpuid_leaf(leaf: u32, sub: u32) -> [u32; 4] {
 
 /// CPUID.
 pub(super) fn cpuid(c: &mut Cpu, _: &Insn) -> R {
-    let r = cpuid_leaf(c.gpr[reg::RAX] as u32, c.gpr[reg::RCX] as u32);
+    let leaf = c.gpr[reg::RAX] as u32;
+    let mut r = cpuid_leaf(leaf, c.gpr[reg::RCX] as u32);
+    if leaf == 1 {
+        match c.intc.as_ref().and_then(|ic| ic.apic_id()) {
+            // Initial APIC ID; TSC-deadline timer mode.
+            Some(id) => {
+                r[1] |= (id as u32) << 24;
+                r[2] |= 1 << 24;
+            }
+            // No local APIC attached.
+            None => r[3] &= !(1 << 9),
+        }
+    }
     c.gpr[reg::RAX] = r[0] as u64;
     c.gpr[reg::RBX] = r[1] as u64;
     c.gpr[reg::RCX] = r[2] as u64;

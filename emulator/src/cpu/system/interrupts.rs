@@ -592,6 +592,7 @@ pub(super) fn iret(c: &mut Cpu, d: &Insn) -> R {
         _ => 4,
     };
     c.stop_block = true;
+    c.nmi_blocked = false;
     if !c.protected() {
         let ip = c.peek(0, os)?;
         let cs = c.peek(os as u64, 2)? as u16;

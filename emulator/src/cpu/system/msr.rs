@@ -127,6 +127,11 @@ fn require_canonical(v: u64) -> R<u64> {
 impl Cpu {
     /// Reads MSR `index` (RDMSR semantics: unknown → #GP(0)).
     pub(crate) fn read_msr(&mut self, index: u32) -> R<u64> {
+        if let Some(ic) = &self.intc {
+            if let Some(v) = ic.read_msr(index, self.msr.tsc_offset) {
+                return Ok(v);
+            }
+        }
         let m = &self.msr;
         Ok(match index {
             idx::TSC => self.tsc(),
@@ -163,6 +168,17 @@ impl Cpu {
     /// Writes MSR `index` (WRMSR semantics: reserved bits and unknown MSRs
     /// → #GP(0)).
     pub(crate) fn write_msr(&mut self, index: u32, v: u64) -> R {
+        if let Some(ic) = &self.intc {
+            if index == idx::APIC_BASE {
+                let writable = (1 << 11) | (phys_mask() & !0xfff);
+                if v & !(writable | (1 << 8)) != 0 {
+                    return Err(Exc::gp(0));
+                }
+            }
+            if ic.write_msr(index, v, self.msr.tsc_offset) {
+                return Ok(());
+            }
+        }
         match index {
             idx::TSC => {
                 let now = self.tsc();
