@@ -134,3 +134,102 @@ fn leave_pops_the_frame_pointer() {
     assert_eq!(cpu.gpr[reg::RBP] & 0xffff, 0x1234);
     assert_eq!(cpu.gpr[reg::RSP] & 0xffff, 0x8000);
 }
+
+/// Two vCPUs on two host threads hammer shared counters with LOCK-prefixed
+/// RMW instructions, a CMPXCHG loop and an XCHG spinlock around a plain
+/// increment: every update must survive (SDM vol. 3 §8.1.2).
+#[test]
+fn locked_instructions_are_atomic_across_vcpus() {
+    use iced_x86::code_asm::*;
+    const N: u32 = 20_000;
+    let mut a = CodeAssembler::new(32).expect("asm");
+    let mut l = a.create_label();
+    let mut c = a.create_label();
+    let mut s = a.create_label();
+    a.mov(ecx, N).unwrap();
+    a.set_label(&mut l).unwrap();
+    a.lock().inc(dword_ptr(0x2000)).unwrap();
+    a.mov(eax, 1u32).unwrap();
+    a.lock().xadd(dword_ptr(0x2004), eax).unwrap();
+    a.set_label(&mut c).unwrap();
+    a.mov(eax, dword_ptr(0x2008)).unwrap();
+    a.lea(edx, dword_ptr(eax + 3)).unwrap();
+    a.lock().cmpxchg(dword_ptr(0x2008), edx).unwrap();
+    a.jne(c).unwrap();
+    a.mov(edx, 1u32).unwrap();
+    a.lock().bts(dword_ptr(0x2020), edx).unwrap();
+    a.set_label(&mut s).unwrap();
+    a.mov(eax, 1u32).unwrap();
+    a.xchg(dword_ptr(0x200c), eax).unwrap();
+    a.test(eax, eax).unwrap();
+    a.jne(s).unwrap();
+    a.add(dword_ptr(0x2010), 1u32).unwrap();
+    a.mov(dword_ptr(0x200c), 0u32).unwrap();
+    a.dec(ecx).unwrap();
+    a.jne(l).unwrap();
+    a.hlt().unwrap();
+    let code = a.assemble(0x1000).expect("assemble");
+
+    let ram = GuestRam::new(1 << 20).expect("ram");
+    ram.write_bytes(0x1000, &code);
+    let space = Arc::new(AddressSpace::new(ram));
+    let shared = SharedCode::new(1 << 20, 2);
+    let origin = std::time::Instant::now();
+    let threads: Vec<_> = (0..2)
+        .map(|i| {
+            let mut cpu = Cpu::new_vcpu(space.clone(), shared.clone(), i, origin);
+            cpu.cr0 |= cr0::PE;
+            cpu.seg[CS] = Segment::flat32(8, true);
+            cpu.seg[DS] = Segment::flat32(16, false);
+            cpu.seg[SS] = Segment::flat32(16, false);
+            cpu.rip = 0x1000;
+            std::thread::spawn(move || {
+                // A lost update of the spinlock would spin forever: bound it.
+                for _ in 0..20_000 {
+                    if cpu.run(100_000) == CpuExit::Halted {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("vcpu thread");
+    }
+    let ram = &space.ram;
+    assert_eq!(ram.read_u32(0x2000), 2 * N, "lock inc");
+    assert_eq!(ram.read_u32(0x2004), 2 * N, "lock xadd");
+    assert_eq!(ram.read_u32(0x2008), 3 * 2 * N, "lock cmpxchg loop");
+    assert_eq!(ram.read_u32(0x2010), 2 * N, "xchg spinlock");
+    assert_eq!(ram.read_u32(0x2020), 2, "lock bts");
+}
+
+/// A vCPU that writes code another vCPU has cached makes that vCPU drop it.
+#[test]
+fn code_written_by_one_vcpu_is_seen_by_another() {
+    let ram = GuestRam::new(1 << 20).expect("ram");
+    // At 0x3000: mov eax, 1; hlt.
+    ram.write_bytes(0x3000, &[0xb8, 1, 0, 0, 0, 0xf4]);
+    // At 0x1000: mov byte [0x3001], 2; hlt.
+    ram.write_bytes(0x1000, &[0xc6, 0x05, 0x01, 0x30, 0, 0, 2, 0xf4]);
+    let space = Arc::new(AddressSpace::new(ram));
+    let shared = SharedCode::new(1 << 20, 2);
+    let origin = std::time::Instant::now();
+    let mk = |i: usize, rip: u64| {
+        let mut cpu = Cpu::new_vcpu(space.clone(), shared.clone(), i, origin);
+        cpu.cr0 |= cr0::PE;
+        cpu.seg[CS] = Segment::flat32(8, true);
+        cpu.seg[DS] = Segment::flat32(16, false);
+        cpu.rip = rip;
+        cpu
+    };
+    let mut reader = mk(0, 0x3000);
+    assert_eq!(reader.run(100), CpuExit::Halted);
+    assert_eq!(reader.gpr[reg::RAX], 1);
+    let mut writer = mk(1, 0x1000);
+    assert_eq!(writer.run(100), CpuExit::Halted);
+    reader.halted = false;
+    reader.rip = 0x3000;
+    assert_eq!(reader.run(100), CpuExit::Halted);
+    assert_eq!(reader.gpr[reg::RAX], 2);
+}
