@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 pub mod debug_exit;
 pub mod i8042;
+pub mod ioapic;
+pub mod lapic;
 pub mod pic;
 pub mod pit;
 pub mod post_code;

@@ -2,6 +2,7 @@
 //! starts in.
 
 pub mod linux;
+pub mod mptable;
 pub mod multiboot;
 
 use crate::cpu::{DescriptorTable, Segment};
