@@ -2,6 +2,7 @@
 //!
 //! `vireo run` boots a machine headless with its serial port on the terminal.
 
+mod preset;
 mod serial_console;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -47,24 +48,31 @@ enum SerialTarget {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// Kernel to boot directly (Multiboot ELF or a.out-kludge image).
+    /// Start from a machine preset (e.g. linux-direct, or a .toml file);
+    /// other flags override its values.
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
+    /// Kernel to boot directly (Linux bzImage, or Multiboot ELF / a.out-kludge image).
     #[arg(long, value_name = "FILE")]
     kernel: Option<PathBuf>,
     /// Kernel command line.
-    #[arg(long, value_name = "CMDLINE", default_value = "")]
-    append: String,
-    /// Modules for a Multiboot kernel: "file args,file2 args".
+    #[arg(long, value_name = "CMDLINE")]
+    append: Option<String>,
+    /// Initial ramdisk for Linux; modules for Multiboot: "file args,file2 args".
     #[arg(long, value_name = "FILES")]
     initrd: Option<String>,
-    /// Guest RAM, e.g. 256M or 2G (a plain number means MiB).
-    #[arg(long, short = 'm', value_name = "SIZE", default_value = "128M")]
-    memory: String,
-    /// Where COM1 goes.
-    #[arg(long, value_enum, default_value_t = SerialTarget::Stdio)]
-    serial: SerialTarget,
-    /// Which accelerator runs the guest.
-    #[arg(long, value_enum, default_value_t = Accel::Auto)]
-    accel: Accel,
+    /// Guest RAM, e.g. 256M or 2G (a plain number means MiB) [default: 128M].
+    #[arg(long, short = 'm', value_name = "SIZE")]
+    memory: Option<String>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long, value_name = "N")]
+    smp: Option<usize>,
+    /// Where COM1 goes [default: stdio].
+    #[arg(long, value_enum)]
+    serial: Option<SerialTarget>,
+    /// Which accelerator runs the guest [default: auto].
+    #[arg(long, value_enum)]
+    accel: Option<Accel>,
     /// Exit instead of rebooting when the guest resets.
     #[arg(long)]
     no_reboot: bool,
@@ -81,30 +89,70 @@ fn init_logging(level: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Parses a value of a clap enum given in a preset.
+fn preset_enum<T: ValueEnum>(preset: &str, key: &str, v: &str) -> Result<T, String> {
+    T::from_str(v, true).map_err(|_| {
+        let allowed: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|x| x.to_possible_value().map(|p| p.get_name().to_string()))
+            .collect();
+        format!(
+            "preset {preset}: {key} = \"{v}\" is not one of {}",
+            allowed.join(", ")
+        )
+    })
+}
+
 fn run(args: RunArgs) -> Result<u8, String> {
-    let memory = engine::parse_memory(&args.memory).map_err(|e| e.to_string())?;
+    let (preset, pname) = match &args.preset {
+        Some(n) => (preset::load(n)?, n.clone()),
+        None => (preset::Preset::default(), String::new()),
+    };
+    let memory_str = args
+        .memory
+        .clone()
+        .or(preset.memory.clone())
+        .unwrap_or_else(|| "128M".into());
+    let memory = engine::parse_memory(&memory_str).map_err(|e| e.to_string())?;
+    let vcpus = args.smp.or(preset.smp).unwrap_or(1);
+    let accel = match (args.accel, &preset.accel) {
+        (Some(a), _) => a,
+        (None, Some(v)) => preset_enum(&pname, "accel", v)?,
+        (None, None) => Accel::Auto,
+    };
+    let serial = match (args.serial, &preset.serial) {
+        (Some(s), _) => s,
+        (None, Some(v)) => preset_enum(&pname, "serial", v)?,
+        (None, None) => SerialTarget::Stdio,
+    };
+    let append = args
+        .append
+        .clone()
+        .or(preset.append.clone())
+        .unwrap_or_default();
     let kernel = args.kernel.map(|path| KernelConfig {
         path,
-        cmdline: args.append.clone(),
+        cmdline: append,
         initrd: args.initrd.clone(),
     });
     let config = MachineConfig {
         memory,
-        accel: match args.accel {
+        accel: match accel {
             Accel::Auto => AccelKind::Auto,
             Accel::Soft => AccelKind::Soft,
             Accel::Kvm => AccelKind::Kvm,
         },
         kernel,
-        no_reboot: args.no_reboot,
+        no_reboot: args.no_reboot || preset.no_reboot.unwrap_or(false),
         kvm_allow_paravirtual: false,
+        vcpus,
     };
     let handle = engine::start(&config).map_err(|e| e.to_string())?;
     if let Some(why) = handle.accel_fallback() {
         eprintln!("vireo: using the software CPU: {why}");
     }
     let events = handle.subscribe();
-    let console = match args.serial {
+    let console = match serial {
         SerialTarget::Stdio => Some(serial_console::SerialConsole::start(handle.clone())),
         SerialTarget::None => None,
     };

@@ -661,6 +661,11 @@ impl LocalApic {
         Some(vector)
     }
 
+    /// True while an NMI, INIT or SIPI waits for the CPU.
+    pub fn has_event(&self) -> bool {
+        self.s.pending_nmi || self.s.pending_init || self.s.pending_sipi.is_some()
+    }
+
     /// Takes a pending ExtINT (the caller acknowledges the 8259A).
     pub fn take_extint(&mut self) -> bool {
         let taken = std::mem::take(&mut self.s.pending_extint);

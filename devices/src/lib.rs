@@ -81,6 +81,13 @@ impl Default for HostClock {
     }
 }
 
+impl HostClock {
+    /// The instant this clock counts from.
+    pub fn origin(&self) -> std::time::Instant {
+        self.start
+    }
+}
+
 impl Clock for HostClock {
     fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64

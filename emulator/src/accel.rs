@@ -52,6 +52,12 @@ pub trait Accelerator: Send {
     fn kicker(&self) -> Kick;
     /// Instructions retired so far, when the backend counts them.
     fn instructions(&self) -> Option<u64>;
+    /// After [`AccelExit::Halted`]: true when an interrupt or event would
+    /// let the vCPU continue (its thread waits until then).
+    fn can_wake(&self) -> bool;
+    /// Puts an application processor in its power-on state: waiting for
+    /// INIT and a start-up IPI.
+    fn reset_as_ap(&mut self);
 }
 
 /// The software CPU as an accelerator.
@@ -65,6 +71,20 @@ impl SoftAccel {
     pub fn new(space: Arc<crate::bus::AddressSpace>, intc: Arc<dyn InterruptController>) -> Self {
         let mut cpu = Cpu::new(space);
         cpu.set_interrupt_controller(intc);
+        SoftAccel {
+            cpu,
+            slice: 200_000,
+        }
+    }
+
+    /// vCPU `index` of `machine`, sharing `code` with the other vCPUs.
+    pub fn for_vcpu(
+        machine: &crate::machine::Machine,
+        index: usize,
+        code: Arc<crate::cpu::SharedCode>,
+    ) -> Self {
+        let mut cpu = Cpu::new_vcpu(machine.space.clone(), code, index, machine.clock_origin());
+        cpu.set_interrupt_controller(machine.interrupt_controller(index));
         SoftAccel {
             cpu,
             slice: 200_000,
@@ -118,5 +138,14 @@ impl Accelerator for SoftAccel {
 
     fn instructions(&self) -> Option<u64> {
         Some(self.cpu.icount)
+    }
+
+    fn can_wake(&self) -> bool {
+        self.cpu.can_wake()
+    }
+
+    fn reset_as_ap(&mut self) {
+        self.cpu.reset();
+        self.cpu.wait_sipi = true;
     }
 }

@@ -5,13 +5,15 @@
 //! `Paused`, `Halted` (waiting for an interrupt), `Stopped`.
 
 use crate::accel::{AccelExit, AccelKind, Accelerator, SoftAccel};
+use crate::cpu::SharedCode;
 use crate::boot::multiboot::{self, Module, MultibootError};
 use crate::boot::BootState;
 use crate::bus::lock;
-use crate::machine::{Machine, MachineError};
+use crate::machine::{Machine, MachineError, MAX_VCPUS};
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use thiserror::Error;
@@ -41,6 +43,8 @@ pub struct MachineConfig {
     /// Accept a paravirtual KVM (PVM) for `--accel kvm`; it runs real-mode
     /// code only, so this is for tests of such code.
     pub kvm_allow_paravirtual: bool,
+    /// Number of vCPUs.
+    pub vcpus: usize,
 }
 
 impl Default for MachineConfig {
@@ -51,6 +55,7 @@ impl Default for MachineConfig {
             kernel: None,
             no_reboot: false,
             kvm_allow_paravirtual: false,
+            vcpus: 1,
         }
     }
 }
@@ -73,6 +78,9 @@ pub enum EngineError {
     /// The Linux kernel could not be loaded.
     #[error(transparent)]
     Linux(#[from] crate::boot::linux::LinuxBootError),
+    /// The MP table does not fit.
+    #[error(transparent)]
+    MpTable(#[from] crate::boot::mptable::MpTableError),
     /// No kernel or boot device was given.
     #[error("Nothing to boot: give --kernel")]
     NothingToBoot,
@@ -140,7 +148,7 @@ type Subscribers = Arc<Mutex<Vec<Sender<Event>>>>;
 pub struct EngineHandle {
     commands: Sender<Command>,
     subscribers: Subscribers,
-    kick: crate::accel::Kick,
+    wake: Arc<crate::apic::Waker>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// Receives every event since the start, for the first subscriber.
     first: Arc<Mutex<Option<Receiver<Event>>>>,
@@ -152,7 +160,7 @@ impl EngineHandle {
     /// Sends a command; false if the engine has stopped.
     pub fn send(&self, cmd: Command) -> bool {
         let ok = self.commands.send(cmd).is_ok();
-        (self.kick)();
+        self.wake.wake();
         ok
     }
 
@@ -234,6 +242,9 @@ struct BootImage {
 
 impl BootImage {
     fn load(&self, machine: &Machine) -> Result<BootState, EngineError> {
+        use crate::boot::mptable;
+        mptable::write(&machine.space.ram, mptable::MPTABLE_ADDR, machine.vcpus() as u8)
+            ?;
         if crate::boot::linux::is_bzimage(&self.kernel) {
             return Ok(crate::boot::linux::load(
                 &machine.space.ram,
@@ -267,23 +278,31 @@ fn parse_modules(spec: &str) -> Result<Vec<Module>, EngineError> {
         .collect()
 }
 
-/// Picks the accelerator: returns it and, when `auto` fell back, why.
-fn choose_accel(
+/// Picks the accelerator: one per vCPU, and, when `auto` fell back, why.
+fn choose_accels(
     kind: AccelKind,
     allow_paravirtual: bool,
     machine: &Machine,
-) -> Result<(Box<dyn Accelerator>, Option<String>), EngineError> {
-    let soft = || -> Box<dyn Accelerator> {
-        Box::new(SoftAccel::new(
-            machine.space.clone(),
-            machine.interrupt_controller(),
-        ))
+) -> Result<(Vec<Box<dyn Accelerator>>, Option<String>), EngineError> {
+    let n = machine.vcpus();
+    let soft = || -> Vec<Box<dyn Accelerator>> {
+        let code = SharedCode::new(machine.space.ram.size(), n);
+        (0..n)
+            .map(|i| Box::new(SoftAccel::for_vcpu(machine, i, code.clone())) as Box<dyn Accelerator>)
+            .collect()
     };
     match kind {
         AccelKind::Soft => Ok((soft(), None)),
         AccelKind::Auto | AccelKind::Kvm => {
-            match crate::kvm_accel::create(machine, allow_paravirtual && kind == AccelKind::Kvm) {
-                Ok(a) => Ok((a, None)),
+            let kvm = if n > 1 {
+                Err(format!(
+                    "--smp {n}: more than one vCPU runs on the software CPU only for now"
+                ))
+            } else {
+                crate::kvm_accel::create(machine, allow_paravirtual && kind == AccelKind::Kvm)
+            };
+            match kvm {
+                Ok(a) => Ok((vec![a], None)),
                 Err(why) if kind == AccelKind::Auto => Ok((soft(), Some(why))),
                 Err(why) => Err(EngineError::Accel(why)),
             }
@@ -306,6 +325,9 @@ pub fn start(config: &MachineConfig) -> Result<EngineHandle, EngineError> {
             ));
         }
     }
+    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+        return Err(MachineError::Vcpus(config.vcpus).into());
+    }
     let kernel = config.kernel.as_ref().ok_or(EngineError::NothingToBoot)?;
     let name = kernel.path.display().to_string();
     let image = BootImage {
@@ -317,15 +339,21 @@ pub fn start(config: &MachineConfig) -> Result<EngineHandle, EngineError> {
             None => Vec::new(),
         },
     };
-    let machine = Machine::new(config.memory)?;
+    let machine = Machine::new(config.memory, config.vcpus)?;
     let boot = image.load(&machine)?;
-    let (mut accel, fallback) = choose_accel(config.accel, config.kvm_allow_paravirtual, &machine)?;
+    let (mut accels, fallback) =
+        choose_accels(config.accel, config.kvm_allow_paravirtual, &machine)?;
     if let Some(why) = &fallback {
         tracing::info!("accelerator: soft ({why})");
     }
-    accel.load_boot_state(&boot);
-    let kick = accel.kicker();
-    machine.control.set_kick(kick.clone());
+    for (i, a) in accels.iter_mut().enumerate() {
+        if i == 0 {
+            a.load_boot_state(&boot);
+        } else {
+            a.reset_as_ap();
+        }
+    }
+    let accel_name = accels[0].name();
 
     let (tx, rx) = mpsc::channel();
     let (first_tx, first_rx) = mpsc::channel();
@@ -335,45 +363,159 @@ pub fn start(config: &MachineConfig) -> Result<EngineHandle, EngineError> {
         fallback,
         commands: tx,
         subscribers: subscribers.clone(),
-        kick,
+        wake: machine.engine_waker.clone(),
         thread: Arc::new(Mutex::new(None)),
     };
     let no_reboot = config.no_reboot;
     let t = std::thread::Builder::new()
-        .name("vireo-vcpu0".into())
+        .name("vireo-engine".into())
         .spawn(move || {
             let mut engine = Engine {
+                gate: Arc::new(Gate::new(boot)),
+                notes: Arc::new(Mutex::new(Vec::new())),
+                vcpus: Vec::new(),
                 machine,
-                accel,
                 image,
                 commands: rx,
                 subscribers,
                 no_reboot,
-                state: RunState::Running,
+                paused: false,
                 serial_pending: Default::default(),
             };
-            engine.run();
+            engine.run(accel_name, accels);
         })
         .map_err(EngineError::Thread)?;
     *lock(&handle.thread) = Some(t);
     Ok(handle)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RunState {
-    Running,
-    Halted,
-    Paused,
+/// What the vCPU threads tell the control loop.
+enum VcpuNote {
+    /// A triple fault: the machine resets.
+    Shutdown,
+    /// The accelerator failed.
+    Failed(String),
+}
+
+#[derive(Default)]
+struct GateState {
+    /// vCPUs may run.
+    run: bool,
+    /// vCPU threads must end.
+    quit: bool,
+    /// vCPU threads waiting at the gate.
+    parked: usize,
+    /// Bumped by every machine reset: vCPUs reset themselves when they see
+    /// a new one.
+    generation: u64,
+    /// The BSP's state after a reset.
+    boot: BootState,
+}
+
+/// Where vCPU threads wait while the machine is paused, reset or stopped
+/// (the run-state machine of each vCPU: running, halted, parked, ended).
+struct Gate {
+    st: Mutex<GateState>,
+    cv: Condvar,
+    running: AtomicBool,
+}
+
+impl Gate {
+    fn new(boot: BootState) -> Self {
+        Gate {
+            st: Mutex::new(GateState {
+                run: true,
+                boot,
+                ..Default::default()
+            }),
+            cv: Condvar::new(),
+            running: AtomicBool::new(true),
+        }
+    }
+}
+
+/// A running vCPU thread.
+struct VcpuThread {
+    kick: crate::accel::Kick,
+    waker: Arc<crate::apic::Waker>,
+    thread: Option<JoinHandle<Option<u64>>>,
+}
+
+/// The loop of one vCPU thread; returns the instructions it retired.
+fn vcpu_loop(
+    index: usize,
+    mut accel: Box<dyn Accelerator>,
+    gate: Arc<Gate>,
+    waker: Arc<crate::apic::Waker>,
+    engine: Arc<crate::apic::Waker>,
+    notes: Arc<Mutex<Vec<VcpuNote>>>,
+) -> Option<u64> {
+    crate::apic::set_current_vcpu(index);
+    let mut generation = 0;
+    let note = |n: VcpuNote| {
+        lock(&notes).push(n);
+        engine.wake();
+    };
+    loop {
+        if !gate.running.load(Ordering::Acquire) {
+            let mut st = lock(&gate.st);
+            st.parked += 1;
+            gate.cv.notify_all();
+            while !st.run && !st.quit {
+                st = match gate.cv.wait(st) {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+            }
+            st.parked -= 1;
+            if st.quit {
+                return accel.instructions();
+            }
+            if st.generation != generation {
+                generation = st.generation;
+                if index == 0 {
+                    accel.reset();
+                    accel.load_boot_state(&st.boot);
+                } else {
+                    accel.reset_as_ap();
+                }
+            }
+            continue;
+        }
+        match accel.run() {
+            AccelExit::Slice | AccelExit::Kicked => {}
+            AccelExit::Halted => {
+                while gate.running.load(Ordering::Acquire) && !accel.can_wake() {
+                    waker.wait(Duration::from_millis(100));
+                }
+            }
+            AccelExit::Shutdown => {
+                note(VcpuNote::Shutdown);
+                while gate.running.load(Ordering::Acquire) {
+                    waker.wait(Duration::from_millis(10));
+                }
+            }
+            AccelExit::Failed(why) => {
+                note(VcpuNote::Failed(format!("{}: {why}", accel.name())));
+                while gate.running.load(Ordering::Acquire) {
+                    waker.wait(Duration::from_millis(10));
+                }
+            }
+        }
+    }
 }
 
 struct Engine {
     machine: Machine,
-    accel: Box<dyn Accelerator>,
+    vcpus: Vec<VcpuThread>,
+    gate: Arc<Gate>,
+    notes: Arc<Mutex<Vec<VcpuNote>>>,
     image: BootImage,
     commands: Receiver<Command>,
     subscribers: Subscribers,
     no_reboot: bool,
-    state: RunState,
+    /// Paused by a command.
+    paused: bool,
     /// Host input COM1 could not take yet.
     serial_pending: std::collections::VecDeque<u8>,
 }
@@ -390,18 +532,50 @@ impl Engine {
         }
     }
 
+    /// Stops every vCPU at the gate and waits until they are there.
+    fn park_vcpus(&self) {
+        self.gate.running.store(false, Ordering::Release);
+        let mut st = lock(&self.gate.st);
+        st.run = false;
+        for v in &self.vcpus {
+            (v.kick)();
+            v.waker.wake();
+        }
+        let alive = self.vcpus.iter().filter(|v| v.thread.is_some()).count();
+        while st.parked < alive {
+            st = match self.gate.cv.wait_timeout(st, Duration::from_millis(10)) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+            for v in &self.vcpus {
+                (v.kick)();
+                v.waker.wake();
+            }
+        }
+    }
+
+    /// Lets the vCPUs run again.
+    fn unpark_vcpus(&self) {
+        let mut st = lock(&self.gate.st);
+        st.run = true;
+        self.gate.running.store(true, Ordering::Release);
+        self.gate.cv.notify_all();
+    }
+
     /// Applies one command; returns a stop reason if it ends the machine.
     fn command(&mut self, cmd: Command) -> Option<StopReason> {
         match cmd {
             Command::Pause => {
-                if self.state != RunState::Paused {
-                    self.state = RunState::Paused;
+                if !self.paused {
+                    self.park_vcpus();
+                    self.paused = true;
                     self.emit(Event::Paused);
                 }
             }
             Command::Resume => {
-                if self.state == RunState::Paused {
-                    self.state = RunState::Running;
+                if self.paused {
+                    self.paused = false;
+                    self.unpark_vcpus();
                     self.emit(Event::Resumed);
                 }
             }
@@ -428,63 +602,121 @@ impl Engine {
         if by_guest && self.no_reboot {
             return Some(StopReason::GuestReset);
         }
+        self.park_vcpus();
+        lock(&self.notes).clear();
         self.machine.reset_devices();
-        self.accel.reset();
         match self.image.load(&self.machine) {
-            Ok(boot) => self.accel.load_boot_state(&boot),
+            Ok(boot) => {
+                let mut st = lock(&self.gate.st);
+                st.boot = boot;
+                st.generation += 1;
+            }
             Err(e) => return Some(StopReason::Error(e.to_string())),
         }
         self.emit(Event::Reset);
-        if self.state == RunState::Halted {
-            self.state = RunState::Running;
+        if !self.paused {
+            self.unpark_vcpus();
         }
         None
     }
 
-    fn run(&mut self) {
-        self.emit(Event::Started {
-            accel: self.accel.name(),
-        });
+    fn run(&mut self, accel: &'static str, accels: Vec<Box<dyn Accelerator>>) {
+        self.emit(Event::Started { accel });
+        for (i, a) in accels.into_iter().enumerate() {
+            let kick = a.kicker();
+            let waker = self.machine.vcpu_wakers[i].clone();
+            let (gate, w, engine, notes) = (
+                self.gate.clone(),
+                waker.clone(),
+                self.machine.engine_waker.clone(),
+                self.notes.clone(),
+            );
+            let thread = std::thread::Builder::new()
+                .name(format!("vireo-vcpu{i}"))
+                .spawn(move || vcpu_loop(i, a, gate, w, engine, notes));
+            match thread {
+                Ok(t) => self.vcpus.push(VcpuThread {
+                    kick,
+                    waker,
+                    thread: Some(t),
+                }),
+                Err(e) => {
+                    self.stop_vcpus();
+                    self.emit(Event::Stopped(StopReason::Error(format!(
+                        "Cannot start a vCPU thread: {e}"
+                    ))));
+                    return;
+                }
+            }
+        }
         let reason = self.main_loop();
+        let instructions = self.stop_vcpus();
         self.flush_serial();
-        if let Some(n) = self.accel.instructions() {
+        if let Some(n) = instructions {
             tracing::info!("instructions: {n}");
         }
         self.emit(Event::Stopped(reason));
+    }
+
+    /// Ends the vCPU threads; returns the instructions they retired.
+    fn stop_vcpus(&mut self) -> Option<u64> {
+        {
+            let mut st = lock(&self.gate.st);
+            st.quit = true;
+            self.gate.running.store(false, Ordering::Release);
+            self.gate.cv.notify_all();
+        }
+        let mut total = None;
+        for v in &mut self.vcpus {
+            (v.kick)();
+            v.waker.wake();
+            if let Some(t) = v.thread.take() {
+                if let Ok(Some(n)) = t.join() {
+                    total = Some(total.unwrap_or(0) + n);
+                }
+            }
+        }
+        total
     }
 
     fn main_loop(&mut self) -> StopReason {
         // When the timers next need attention, in machine time.
         let mut next_timer: Option<u64> = None;
         loop {
-            // Commands: block only when there is nothing to run.
-            let wait = match self.state {
-                RunState::Running => None,
-                RunState::Paused => Some(Duration::from_millis(50)),
-                RunState::Halted => {
-                    let now = self.machine.now_ns();
-                    let next = next_timer.unwrap_or(now + 10_000_000);
-                    Some(Duration::from_nanos(
-                        next.saturating_sub(now).clamp(20_000, 10_000_000),
-                    ))
-                }
-            };
-            let first = match wait {
-                None => self.commands.try_recv().ok(),
-                Some(d) => match self.commands.recv_timeout(d) {
-                    Ok(c) => Some(c),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => None,
-                },
-            };
-            if let Some(c) = first {
-                if let Some(r) = self.command(c) {
-                    return r;
-                }
-                while let Ok(c) = self.commands.try_recv() {
-                    if let Some(r) = self.command(c) {
-                        return r;
+            let now = self.machine.now_ns();
+            let mut wait = next_timer
+                .map(|t| Duration::from_nanos(t.saturating_sub(now)))
+                .unwrap_or(Duration::from_millis(50))
+                .min(Duration::from_millis(50));
+            if !self.serial_pending.is_empty() {
+                wait = wait.min(Duration::from_millis(5));
+            }
+            if !wait.is_zero() {
+                self.machine.engine_waker.wait(wait);
+            }
+            loop {
+                match self.commands.try_recv() {
+                    Ok(c) => {
+                        if let Some(r) = self.command(c) {
+                            return r;
+                        }
                     }
+                    Err(TryRecvError::Empty) => break,
+                    // Every handle is gone: nobody can stop the machine
+                    // any more, so it runs until the guest ends it.
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            }
+            let notes = std::mem::take(&mut *lock(&self.notes));
+            for n in notes {
+                match n {
+                    VcpuNote::Shutdown => {
+                        tracing::info!("triple fault: resetting");
+                        if let Some(r) = self.reset(true) {
+                            return r;
+                        }
+                    }
+                    VcpuNote::Failed(why) => return StopReason::Error(why),
                 }
             }
             if let Some(status) = self.machine.control.exit_status() {
@@ -497,26 +729,6 @@ impl Engine {
             }
             next_timer = self.machine.poll_timers();
             self.feed_serial();
-            if self.state == RunState::Halted && self.machine.has_interrupt() {
-                self.state = RunState::Running;
-            }
-            if self.state == RunState::Running {
-                match self.accel.run() {
-                    AccelExit::Slice | AccelExit::Kicked => {}
-                    AccelExit::Failed(why) => {
-                        self.flush_serial();
-                        return StopReason::Error(format!("{}: {why}", self.accel.name()));
-                    }
-                    AccelExit::Halted => self.state = RunState::Halted,
-                    AccelExit::Shutdown => {
-                        tracing::info!("triple fault: resetting");
-                        if let Some(r) = self.reset(true) {
-                            self.flush_serial();
-                            return r;
-                        }
-                    }
-                }
-            }
             self.flush_serial();
         }
     }
@@ -558,6 +770,7 @@ mod tests {
             }),
             no_reboot: false,
             kvm_allow_paravirtual: false,
+            vcpus: 1,
         }
     }
 

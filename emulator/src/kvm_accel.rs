@@ -14,6 +14,7 @@ const SLICE: Duration = Duration::from_millis(10);
 /// One KVM vCPU of a machine.
 pub struct KvmAccel {
     vcpu: KvmVcpu,
+    intc: Option<Arc<dyn crate::cpu::InterruptController>>,
 }
 
 /// Creates a KVM accelerator for `machine`, or says in one line why KVM
@@ -26,15 +27,19 @@ pub fn create(machine: &Machine, allow_paravirtual: bool) -> Result<Box<dyn Acce
         kvm::probe().map_err(|e| e.to_string())?;
     }
     let mut vcpu = KvmVcpu::new(&machine.space, allow_paravirtual).map_err(|e| e.to_string())?;
-    vcpu.set_interrupt_controller(machine.interrupt_controller());
-    Ok(Box::new(KvmAccel { vcpu }))
+    let intc = machine.interrupt_controller(0);
+    vcpu.set_interrupt_controller(intc.clone());
+    Ok(Box::new(KvmAccel {
+        vcpu,
+        intc: Some(intc),
+    }))
 }
 
 impl KvmAccel {
     /// Wraps a vCPU made by the caller (tests use this to run real-mode
     /// code on paravirtual KVM).
     pub fn from_vcpu(vcpu: KvmVcpu) -> Self {
-        KvmAccel { vcpu }
+        KvmAccel { vcpu, intc: None }
     }
 }
 
@@ -86,5 +91,14 @@ impl Accelerator for KvmAccel {
 
     fn instructions(&self) -> Option<u64> {
         None
+    }
+
+    fn can_wake(&self) -> bool {
+        self.intc.as_ref().is_none_or(|i| i.has_interrupt())
+    }
+
+    fn reset_as_ap(&mut self) {
+        // One vCPU only on KVM for now.
+        self.reset();
     }
 }

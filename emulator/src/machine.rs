@@ -1,7 +1,9 @@
 //! The PC machine for direct kernel boot: RAM plus the legacy devices
 //! (PIC, PIT, COM1, i8042, isa-debug-exit, POST code port) on their usual
-//! ports.
+//! ports, a local APIC per vCPU and an I/O APIC (described to the guest by
+//! an MP table).
 
+use crate::apic::{Apics, IsaIrq, Waker};
 use crate::bus::{lock, AddressSpace, BusError, SharedDevice};
 use crate::cpu::InterruptController;
 use crate::memory::{GuestRam, MemoryError};
@@ -25,35 +27,35 @@ pub enum MachineError {
     /// Two devices claim the same addresses (a bug in the machine layout).
     #[error("Device layout: {0}")]
     Bus(#[from] BusError),
+    /// Unsupported vCPU count.
+    #[error("--smp {0}: must be between 1 and {max}", max = MAX_VCPUS)]
+    Vcpus(usize),
 }
 
-/// Requests from devices to the engine (reset, exit), and the vCPU kick.
+/// Most vCPUs a machine can have (what the MP table can describe).
+pub const MAX_VCPUS: usize = crate::boot::mptable::MAX_CPUS as usize;
+
+/// Requests from devices to the engine (reset, exit); they wake the
+/// engine's control loop.
 pub struct Control {
     reset: AtomicBool,
     exit: AtomicBool,
     status: AtomicI32,
-    kick: Mutex<Option<crate::accel::Kick>>,
+    engine: Arc<Waker>,
 }
 
 impl Control {
-    fn new() -> Self {
+    fn new(engine: Arc<Waker>) -> Self {
         Control {
             reset: AtomicBool::new(false),
             exit: AtomicBool::new(false),
             status: AtomicI32::new(0),
-            kick: Mutex::new(None),
+            engine,
         }
-    }
-
-    /// Sets how to make the running vCPU return.
-    pub fn set_kick(&self, kick: crate::accel::Kick) {
-        *lock(&self.kick) = Some(kick);
     }
 
     fn kick(&self) {
-        if let Some(k) = lock(&self.kick).as_ref() {
-            k();
-        }
+        self.engine.wake();
     }
 
     /// Takes a pending reset request.
@@ -82,33 +84,22 @@ impl SystemControl for Control {
 }
 
 /// The PIC's INTR output, mirrored in an atomic so the CPU can poll it for
-/// free at every block boundary.
-struct IntrLine(AtomicBool);
+/// free at every block boundary; raising it wakes the BSP.
+struct IntrLine {
+    level: Arc<AtomicBool>,
+    bsp: Arc<Waker>,
+}
 
 impl IrqLine for IntrLine {
     fn set_level(&self, level: bool) {
-        self.0.store(level, Ordering::Release);
+        self.level.store(level, Ordering::Release);
+        if level {
+            self.bsp.wake();
+        }
     }
 }
 
-/// The 8259 pair as the CPU's interrupt controller.
-pub struct PicController {
-    pic: Arc<Mutex<Pic>>,
-    intr: Arc<IntrLine>,
-}
-
-impl InterruptController for PicController {
-    #[inline]
-    fn has_interrupt(&self) -> bool {
-        self.intr.0.load(Ordering::Acquire)
-    }
-    fn acknowledge(&self) -> Option<u8> {
-        let mut pic = lock(&self.pic);
-        pic.has_interrupt().then(|| pic.acknowledge())
-    }
-}
-
-/// A PC with the legacy devices.
+/// A PC with the legacy devices and APICs.
 pub struct Machine {
     /// RAM and buses.
     pub space: Arc<AddressSpace>,
@@ -120,32 +111,68 @@ pub struct Machine {
     pub serial: Arc<Mutex<Serial>>,
     /// The keyboard controller.
     pub i8042: Arc<Mutex<I8042>>,
+    /// The local and I/O APICs.
+    pub apics: Arc<Apics>,
     /// Reset/exit requests.
     pub control: Arc<Control>,
+    /// Wakes the engine's control loop.
+    pub engine_waker: Arc<Waker>,
+    /// Wakes each vCPU's thread when it halted.
+    pub vcpu_wakers: Vec<Arc<Waker>>,
     /// Bytes COM1 sent since the last [`Machine::take_serial_output`].
     serial_out: Arc<Mutex<Vec<u8>>>,
-    intc: Arc<PicController>,
-    clock: Arc<dyn Clock>,
+    pic_intr: Arc<AtomicBool>,
+    clock: Arc<HostClock>,
 }
 
 impl Machine {
-    /// Builds a machine with `memory` bytes of RAM.
-    pub fn new(memory: u64) -> Result<Self, MachineError> {
+    /// Builds a machine with `memory` bytes of RAM and `vcpus` processors.
+    pub fn new(memory: u64, vcpus: usize) -> Result<Self, MachineError> {
+        if vcpus == 0 || vcpus > MAX_VCPUS {
+            return Err(MachineError::Vcpus(vcpus));
+        }
         let ram = GuestRam::new(memory)?;
         let mut space = AddressSpace::new(ram);
-        let control = Arc::new(Control::new());
-        let clock: Arc<dyn Clock> = Arc::new(HostClock::new());
+        let engine_waker = Arc::new(Waker::default());
+        let vcpu_wakers: Vec<Arc<Waker>> = (0..vcpus).map(|_| Arc::new(Waker::default())).collect();
+        let control = Arc::new(Control::new(engine_waker.clone()));
+        let host_clock = Arc::new(HostClock::new());
+        let clock: Arc<dyn Clock> = host_clock.clone();
+
+        let timer_waker = engine_waker.clone();
+        let apics = Arc::new(Apics::new(
+            vcpus,
+            clock.clone(),
+            &vcpu_wakers,
+            Arc::new(move || timer_waker.wake()),
+        ));
 
         let pic = Arc::new(Mutex::new(Pic::new()));
-        let intr = Arc::new(IntrLine(AtomicBool::new(false)));
-        lock(&pic).set_intr_output(intr.clone());
-        let irq = |n: u8| -> Arc<dyn IrqLine> { Arc::new(PicIrqLine::new(pic.clone(), n)) };
+        let pic_intr = Arc::new(AtomicBool::new(false));
+        lock(&pic).set_intr_output(Arc::new(IntrLine {
+            level: pic_intr.clone(),
+            bsp: vcpu_wakers[0].clone(),
+        }));
+        let irq = |n: u8| -> Arc<dyn IrqLine> {
+            Arc::new(IsaIrq::new(
+                n,
+                Arc::new(PicIrqLine::new(pic.clone(), n)),
+                apics.clone(),
+            ))
+        };
 
         let serial_out = Arc::new(Mutex::new(Vec::new()));
         let sink = serial_out.clone();
+        let out_waker = engine_waker.clone();
         let serial = Arc::new(Mutex::new(Serial::new(
             irq(4),
-            Box::new(move |b: u8| lock(&sink).push(b)),
+            Box::new(move |b: u8| {
+                let mut out = lock(&sink);
+                out.push(b);
+                if out.len() == 1 {
+                    out_waker.wake();
+                }
+            }),
         )));
         let pit = Arc::new(Mutex::new(Pit::new(clock.clone(), irq(0))));
         let i8042 = Arc::new(Mutex::new(I8042::new(control.clone(), irq(1), irq(12))));
@@ -179,37 +206,52 @@ impl Machine {
         space
             .pio
             .insert(0x80, 1, Arc::new(Mutex::new(PostCode::new())))?;
+        space.mmio.insert(
+            vireo_devices::lapic::APIC_DEFAULT_BASE,
+            0x1000,
+            Arc::new(Mutex::new(apics.lapic_mmio())),
+        )?;
+        space.mmio.insert(
+            vireo_devices::ioapic::IOAPIC_DEFAULT_BASE,
+            0x1000,
+            Arc::new(Mutex::new(apics.ioapic_mmio())),
+        )?;
 
-        let intc = Arc::new(PicController {
-            pic: pic.clone(),
-            intr,
-        });
         Ok(Machine {
             space: Arc::new(space),
             pic,
             pit,
             serial,
             i8042,
+            apics,
             control,
+            engine_waker,
+            vcpu_wakers,
             serial_out,
-            intc,
-            clock,
+            pic_intr,
+            clock: host_clock,
         })
     }
 
-    /// The interrupt controller the vCPU takes interrupts from.
-    pub fn interrupt_controller(&self) -> Arc<dyn InterruptController> {
-        self.intc.clone()
+    /// Number of vCPUs.
+    pub fn vcpus(&self) -> usize {
+        self.vcpu_wakers.len()
     }
 
-    /// True when the interrupt controller asserts INTR.
-    pub fn has_interrupt(&self) -> bool {
-        self.intc.has_interrupt()
+    /// The interrupt controller vCPU `i` takes interrupts from.
+    pub fn interrupt_controller(&self, i: usize) -> Arc<dyn InterruptController> {
+        let pic = (i == 0).then(|| (self.pic.clone(), self.pic_intr.clone()));
+        self.apics.vcpu_controller(i, pic)
     }
 
     /// Machine time in ns: the clock the timers' deadlines are given in.
     pub fn now_ns(&self) -> u64 {
         self.clock.now_ns()
+    }
+
+    /// The instant machine time counts from (the vCPUs' TSC origin).
+    pub fn clock_origin(&self) -> std::time::Instant {
+        self.clock.origin()
     }
 
     /// Drains what the guest wrote to COM1.
@@ -219,7 +261,12 @@ impl Machine {
 
     /// Runs the timers; returns the next deadline in ns of machine time.
     pub fn poll_timers(&self) -> Option<u64> {
-        lock(&self.pit).poll()
+        let pit = lock(&self.pit).poll();
+        let apic = self.apics.poll_timers();
+        match (pit, apic) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Resets the devices to their power-on state.
@@ -228,5 +275,6 @@ impl Machine {
         lock(&self.serial).reset();
         lock(&self.pit).reset();
         lock(&self.i8042).reset();
+        self.apics.reset();
     }
 }

@@ -47,6 +47,7 @@ fn debian_kernel_boots_to_the_marker_and_runs_a_command() {
         }),
         no_reboot: true,
         kvm_allow_paravirtual: false,
+        vcpus: 1,
     };
     let start = Instant::now();
     let handle = engine::start(&config).expect("start");

@@ -143,16 +143,16 @@ unsafe fn cas16(p: *mut u8, old: u128, new: u128) -> bool {
     let ok: u8;
     // SAFETY: the caller guarantees alignment and validity; RBX is reserved
     // by the compiler, so the new low half is swapped in and out around the
-    // instruction.
+    // instruction (every operand has a fixed register, so none can be RBX).
     unsafe {
         std::arch::asm!(
-            "xchg {nlo}, rbx",
-            "lock cmpxchg16b xmmword ptr [{p}]",
-            "sete {ok}",
-            "xchg {nlo}, rbx",
-            p = in(reg) p,
-            nlo = inout(reg) new as u64 => _,
-            ok = out(reg_byte) ok,
+            "xchg rsi, rbx",
+            "lock cmpxchg16b xmmword ptr [rdi]",
+            "sete r8b",
+            "xchg rsi, rbx",
+            in("rdi") p,
+            inout("rsi") new as u64 => _,
+            out("r8b") ok,
             in("rcx") (new >> 64) as u64,
             inout("rax") old as u64 => _,
             inout("rdx") (old >> 64) as u64 => _,

@@ -233,3 +233,54 @@ fn code_written_by_one_vcpu_is_seen_by_another() {
     assert_eq!(reader.run(100), CpuExit::Halted);
     assert_eq!(reader.gpr[reg::RAX], 2);
 }
+
+/// The host 16-byte compare-and-swap behind LOCK CMPXCHG16B.
+#[test]
+fn lock_cmpxchg16b_on_smp() {
+    use iced_x86::code_asm::*;
+    let mut a = CodeAssembler::new(64).expect("asm");
+    a.mov(rax, 1u64).unwrap();
+    a.mov(rdx, 2u64).unwrap();
+    a.mov(rbx, 3u64).unwrap();
+    a.mov(rcx, 4u64).unwrap();
+    a.lock().cmpxchg16b(xmmword_ptr(0x2000)).unwrap(); // equal: stores 3:4
+    a.setz(r8b).unwrap();
+    a.lock().cmpxchg16b(xmmword_ptr(0x2000)).unwrap(); // unequal: loads 3:4
+    a.setz(r9b).unwrap();
+    a.hlt().unwrap();
+    let code = a.assemble(0x1000).expect("assemble");
+    let ram = GuestRam::new(1 << 20).expect("ram");
+    ram.write_bytes(0x1000, &code);
+    ram.write_bytes(0x2000, &[1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
+    let space = Arc::new(AddressSpace::new(ram));
+    let mut cpu = Cpu::new_vcpu(space, SharedCode::new(1 << 20, 2), 0, std::time::Instant::now());
+    tests_long_mode(&mut cpu);
+    cpu.rip = 0x1000;
+    assert_eq!(cpu.run(100), CpuExit::Halted);
+    assert_eq!(cpu.gpr[8] & 0xff, 1);
+    assert_eq!(cpu.gpr[9] & 0xff, 0);
+    assert_eq!((cpu.gpr[reg::RAX], cpu.gpr[reg::RDX]), (3, 4));
+    assert_eq!(cpu.space.read_phys(0x2000, 8), 3);
+    assert_eq!(cpu.space.read_phys(0x2008, 8), 4);
+}
+
+/// Long mode with the first 2 MiB identity-mapped (page tables at 0x10000).
+fn tests_long_mode(cpu: &mut Cpu) {
+    let ram = &cpu.space.ram;
+    ram.write_bytes(0x10000, &(0x11000u64 | 3).to_le_bytes());
+    ram.write_bytes(0x11000, &(0x12000u64 | 3).to_le_bytes());
+    ram.write_bytes(0x12000, &0x83u64.to_le_bytes());
+    cpu.cr3 = 0x10000;
+    cpu.cr4 |= cr4::PAE;
+    cpu.efer |= efer::LME | efer::LMA;
+    cpu.cr0 |= cr0::PE | cr0::PG;
+    cpu.seg[CS] = Segment {
+        selector: 8,
+        base: 0,
+        limit: 0xffff_ffff,
+        attr: attr::P | attr::S | attr::L | attr::G | 0xb,
+    };
+    cpu.seg[DS] = Segment::flat32(16, false);
+    cpu.seg[SS] = Segment::flat32(16, false);
+    cpu.flush_tlb(false);
+}

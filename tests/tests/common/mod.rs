@@ -106,6 +106,7 @@ pub fn run_kernel(
         no_reboot: true,
         // Only real-mode kernels are run on KVM here: PVM can run those.
         kvm_allow_paravirtual: accel == AccelKind::Kvm,
+        vcpus: 1,
     };
     let start = Instant::now();
     let handle = engine::start(&config)?;

@@ -1,0 +1,466 @@
+//! The APIC wiring of a multiprocessor PC: one local APIC per vCPU, the I/O
+//! APIC, the message routing between them (SDM vol. 3 §10.6 and §10.11, the
+//! 82093AA datasheet), ISA IRQ lines that reach both the 8259 pair and the
+//! I/O APIC, and each vCPU's view of its interrupt controller.
+//!
+//! Lock order: a local APIC's lock is a leaf (nothing is called while it is
+//! held except setting atomics); the I/O APIC's lock may be held while
+//! messages are routed to local APICs.
+
+use crate::bus::lock;
+use crate::cpu::{CpuEvent, InterruptController};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+use vireo_devices::ioapic::IoApic;
+use vireo_devices::lapic::{ApicMessage, DeliveryMode, LapicEffect, LocalApic};
+use vireo_devices::pic::Pic;
+use vireo_devices::{BusDevice, IrqLine};
+
+thread_local! {
+    /// Index of the vCPU the current thread runs (local APIC accesses go to
+    /// that vCPU's APIC).
+    static CURRENT_VCPU: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Declares that the calling thread runs vCPU `index`.
+pub fn set_current_vcpu(index: usize) {
+    CURRENT_VCPU.with(|c| c.set(index));
+}
+
+fn current_vcpu() -> usize {
+    CURRENT_VCPU.with(|c| c.get())
+}
+
+/// Wakes a thread waiting for work (a halted vCPU, the engine's timer loop).
+#[derive(Default)]
+pub struct Waker {
+    flag: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Waker {
+    /// Wakes the waiter (or makes its next wait return at once).
+    pub fn wake(&self) {
+        *lock(&self.flag) = true;
+        self.cv.notify_one();
+    }
+
+    /// Waits until woken or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) {
+        let mut f = lock(&self.flag);
+        if !*f {
+            f = match self.cv.wait_timeout(f, timeout) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        *f = false;
+    }
+}
+
+/// One vCPU's local APIC with what its CPU polls at every block boundary
+/// kept in atomics (updated under the APIC's lock, so they never go stale).
+pub struct ApicCell {
+    lapic: Mutex<LocalApic>,
+    intr: AtomicBool,
+    event: AtomicBool,
+    passthrough: AtomicBool,
+    waker: Arc<Waker>,
+}
+
+impl ApicCell {
+    fn new(lapic: LocalApic, waker: Arc<Waker>) -> Self {
+        let cell = ApicCell {
+            lapic: Mutex::new(lapic),
+            intr: AtomicBool::new(false),
+            event: AtomicBool::new(false),
+            passthrough: AtomicBool::new(false),
+            waker,
+        };
+        cell.with(|_| ());
+        cell
+    }
+
+    /// Runs `f` on the APIC, then refreshes the atomics and wakes the vCPU if
+    /// it now has something to do.
+    pub fn with<T>(&self, f: impl FnOnce(&mut LocalApic) -> T) -> T {
+        let mut l = lock(&self.lapic);
+        let r = f(&mut l);
+        let (intr, event) = (l.has_interrupt(), l.has_event());
+        self.intr.store(intr, Ordering::Release);
+        self.event.store(event, Ordering::Release);
+        self.passthrough
+            .store(l.pic_passthrough(), Ordering::Release);
+        drop(l);
+        if intr || event {
+            self.waker.wake();
+        }
+        r
+    }
+}
+
+/// Routes APIC messages (IPIs, I/O APIC interrupts) to the local APICs they
+/// address (SDM vol. 3 §10.6.2).
+pub struct ApicRouter {
+    apics: Vec<Arc<ApicCell>>,
+}
+
+impl ApicRouter {
+    /// Delivers `msg` to its destination(s).
+    pub fn deliver(&self, msg: &ApicMessage) {
+        if msg.mode == DeliveryMode::LowestPriority {
+            // The addressed APIC with the lowest arbitration priority.
+            let best = self
+                .apics
+                .iter()
+                .filter_map(|a| {
+                    let l = lock(&a.lapic);
+                    l.is_addressed(msg).then(|| l.arbitration_priority())
+                        .map(|p| (p, a))
+                })
+                .min_by_key(|(p, _)| *p);
+            if let Some((_, a)) = best {
+                a.with(|l| l.accept(msg));
+            }
+            return;
+        }
+        for a in &self.apics {
+            a.with(|l| {
+                if l.is_addressed(msg) {
+                    l.accept(msg);
+                }
+            });
+        }
+    }
+
+    /// The local APIC of vCPU `i`.
+    pub fn apic(&self, i: usize) -> Option<&Arc<ApicCell>> {
+        self.apics.get(i)
+    }
+
+    /// Number of local APICs.
+    pub fn len(&self) -> usize {
+        self.apics.len()
+    }
+
+    /// True if there are none.
+    pub fn is_empty(&self) -> bool {
+        self.apics.is_empty()
+    }
+}
+
+/// The APICs of a machine.
+pub struct Apics {
+    /// Routing between the local APICs.
+    pub router: Arc<ApicRouter>,
+    /// The I/O APIC.
+    pub ioapic: Arc<Mutex<IoApic>>,
+    /// Called when a local APIC timer may fire earlier than planned.
+    timer_changed: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Apics {
+    /// Local APICs with IDs 0..`n` (vCPU 0 the BSP) woken through
+    /// `wakers`, and an I/O APIC with ID `n` (as the MP table says).
+    pub fn new(
+        n: usize,
+        clock: Arc<dyn vireo_devices::Clock>,
+        wakers: &[Arc<Waker>],
+        timer_changed: Arc<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        let apics = (0..n)
+            .map(|i| {
+                Arc::new(ApicCell::new(
+                    LocalApic::new(i as u8, i == 0, clock.clone()),
+                    wakers[i].clone(),
+                ))
+            })
+            .collect();
+        Apics {
+            router: Arc::new(ApicRouter { apics }),
+            ioapic: Arc::new(Mutex::new(IoApic::new(n as u8))),
+            timer_changed,
+        }
+    }
+
+    /// Power-on state of every APIC.
+    pub fn reset(&self) {
+        for a in &self.router.apics {
+            a.with(|l| l.reset());
+        }
+        lock(&self.ioapic).reset();
+    }
+
+    /// Fires due local APIC timers; returns the earliest next deadline.
+    pub fn poll_timers(&self) -> Option<u64> {
+        self.router
+            .apics
+            .iter()
+            .filter_map(|a| a.with(|l| l.poll_timer()))
+            .min()
+    }
+
+    /// Carries out what a local APIC register write asked for.
+    fn effect(&self, e: LapicEffect) {
+        match e {
+            LapicEffect::None => {}
+            LapicEffect::Ipi(m) => self.router.deliver(&m),
+            LapicEffect::Eoi(v) => {
+                let msgs = lock(&self.ioapic).eoi(v);
+                for m in msgs {
+                    self.router.deliver(&m);
+                }
+            }
+        }
+    }
+
+    /// Writes a local APIC register of vCPU `i` and acts on the result.
+    fn lapic_write(&self, i: usize, offset: u64, value: u32) {
+        let Some(a) = self.router.apics.get(i) else {
+            return;
+        };
+        let (e, before, after) = a.with(|l| {
+            let before = l.timer_deadline();
+            let e = l.write(offset, value);
+            (e, before, l.timer_deadline())
+        });
+        if after.is_some() && after != before {
+            (self.timer_changed)();
+        }
+        self.effect(e);
+    }
+
+    /// The MMIO window of the local APICs (each vCPU sees its own).
+    pub fn lapic_mmio(self: &Arc<Self>) -> LapicMmio {
+        LapicMmio(self.clone())
+    }
+
+    /// The MMIO window of the I/O APIC.
+    pub fn ioapic_mmio(self: &Arc<Self>) -> IoApicMmio {
+        IoApicMmio(self.clone())
+    }
+
+    /// Vcpu `i`'s interrupt controller; vCPU 0 also sees the 8259 pair
+    /// through LINT0.
+    pub fn vcpu_controller(
+        self: &Arc<Self>,
+        i: usize,
+        pic: Option<(Arc<Mutex<Pic>>, Arc<AtomicBool>)>,
+    ) -> Arc<dyn InterruptController> {
+        Arc::new(VcpuInterrupts {
+            apics: self.clone(),
+            index: i,
+            pic,
+        })
+    }
+}
+
+/// The local APIC page at 0xfee00000: accesses go to the APIC of the vCPU
+/// the accessing thread runs.
+pub struct LapicMmio(Arc<Apics>);
+
+impl BusDevice for LapicMmio {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let i = current_vcpu();
+        let v = match self.0.router.apics.get(i) {
+            Some(a) => a.with(|l| l.read(offset & !3)),
+            None => 0,
+        };
+        let bytes = v.to_le_bytes();
+        let sh = (offset & 3) as usize;
+        for (k, b) in data.iter_mut().enumerate() {
+            *b = bytes.get(sh + k).copied().unwrap_or(0);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.len() != 4 || offset & 3 != 0 {
+            vireo_devices::log_odd_access!("local APIC: {}-byte write at {offset:#x}", data.len());
+            return;
+        }
+        let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+        self.0.lapic_write(current_vcpu(), offset, v);
+    }
+}
+
+/// The I/O APIC's MMIO window at 0xfec00000.
+pub struct IoApicMmio(Arc<Apics>);
+
+impl BusDevice for IoApicMmio {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let v = lock(&self.0.ioapic).read(offset & !3);
+        let bytes = v.to_le_bytes();
+        let sh = (offset & 3) as usize;
+        for (k, b) in data.iter_mut().enumerate() {
+            *b = bytes.get(sh + k).copied().unwrap_or(0);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.len() != 4 || offset & 3 != 0 {
+            vireo_devices::log_odd_access!("I/O APIC: {}-byte write at {offset:#x}", data.len());
+            return;
+        }
+        let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+        let msgs = lock(&self.0.ioapic).write(offset, v);
+        for m in msgs {
+            self.0.router.deliver(&m);
+        }
+    }
+}
+
+/// An ISA interrupt line: to the 8259 pair and to an I/O APIC pin (ISA IRQ
+/// 0 is wired to pin 2 on a PC, as the MP table says).
+pub struct IsaIrq {
+    pic: Arc<dyn IrqLine>,
+    apics: Arc<Apics>,
+    pin: usize,
+}
+
+impl IsaIrq {
+    /// ISA IRQ `irq`, whose 8259 input is `pic`.
+    pub fn new(irq: u8, pic: Arc<dyn IrqLine>, apics: Arc<Apics>) -> Self {
+        IsaIrq {
+            pic,
+            apics,
+            pin: if irq == 0 { 2 } else { irq as usize },
+        }
+    }
+}
+
+impl IrqLine for IsaIrq {
+    fn set_level(&self, level: bool) {
+        self.pic.set_level(level);
+        let msg = lock(&self.apics.ioapic).set_irq(self.pin, level);
+        if let Some(m) = msg {
+            self.apics.router.deliver(&m);
+        }
+    }
+}
+
+/// What one vCPU sees: its local APIC, and for the BSP the 8259 pair's
+/// INTR through LINT0 (virtual-wire mode, MP spec §3.6.2.2).
+struct VcpuInterrupts {
+    apics: Arc<Apics>,
+    index: usize,
+    pic: Option<(Arc<Mutex<Pic>>, Arc<AtomicBool>)>,
+}
+
+impl VcpuInterrupts {
+    fn cell(&self) -> &ApicCell {
+        &self.apics.router.apics[self.index]
+    }
+
+    #[inline]
+    fn pic_intr(&self) -> bool {
+        self.pic.as_ref().is_some_and(|(_, intr)| {
+            intr.load(Ordering::Acquire) && self.cell().passthrough.load(Ordering::Acquire)
+        })
+    }
+}
+
+/// MSR numbers the local APIC implements.
+const MSR_APIC_BASE: u32 = 0x1b;
+const MSR_TSC_DEADLINE: u32 = 0x6e0;
+
+impl InterruptController for VcpuInterrupts {
+    #[inline]
+    fn has_interrupt(&self) -> bool {
+        self.cell().intr.load(Ordering::Acquire) || self.pic_intr()
+    }
+
+    #[inline]
+    fn has_event(&self) -> bool {
+        self.cell().event.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    fn pending(&self) -> u8 {
+        let c = self.cell();
+        let mut p = 0;
+        if c.intr.load(Ordering::Acquire) || self.pic_intr() {
+            p |= crate::cpu::PENDING_INTR;
+        }
+        if c.event.load(Ordering::Acquire) {
+            p |= crate::cpu::PENDING_EVENT;
+        }
+        p
+    }
+
+    fn acknowledge(&self) -> Option<u8> {
+        let c = self.cell();
+        if c.intr.load(Ordering::Acquire) {
+            if let Some(v) = c.with(|l| l.acknowledge()) {
+                return Some(v);
+            }
+            // An ExtINT message: the vector comes from the 8259 pair.
+        } else if !self.pic_intr() {
+            return None;
+        }
+        let (pic, _) = self.pic.as_ref()?;
+        let mut pic = lock(pic);
+        pic.has_interrupt().then(|| pic.acknowledge())
+    }
+
+    fn take_event(&self) -> Option<CpuEvent> {
+        self.cell().with(|l| {
+            if l.take_init() {
+                l.init_reset();
+                Some(CpuEvent::Init)
+            } else if l.take_nmi() {
+                Some(CpuEvent::Nmi)
+            } else {
+                l.take_sipi().map(CpuEvent::Sipi)
+            }
+        })
+    }
+
+    fn read_msr(&self, msr: u32, tsc_offset: u64) -> Option<u64> {
+        match msr {
+            MSR_APIC_BASE => Some(self.cell().with(|l| l.base_msr())),
+            MSR_TSC_DEADLINE => Some(self.cell().with(|l| match l.tsc_deadline() {
+                0 => 0,
+                d => d.wrapping_add(tsc_offset),
+            })),
+            _ => None,
+        }
+    }
+
+    fn write_msr(&self, msr: u32, value: u64, tsc_offset: u64) -> bool {
+        match msr {
+            MSR_APIC_BASE => {
+                self.cell().with(|l| l.set_base_msr(value));
+                true
+            }
+            MSR_TSC_DEADLINE => {
+                let ns = match value {
+                    0 => 0,
+                    v => v.wrapping_sub(tsc_offset).max(1),
+                };
+                let armed = self.cell().with(|l| {
+                    l.set_tsc_deadline(ns);
+                    l.timer_deadline().is_some()
+                });
+                if armed {
+                    (self.apics.timer_changed)();
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn tpr(&self) -> Option<u8> {
+        Some(self.cell().with(|l| l.tpr()))
+    }
+
+    fn set_tpr(&self, tpr: u8) {
+        self.cell().with(|l| l.set_tpr(tpr));
+    }
+
+    fn apic_id(&self) -> Option<u8> {
+        Some(self.cell().with(|l| l.id()))
+    }
+}
