@@ -169,7 +169,83 @@ fn a_file_that_is_no_kernel_is_a_one_line_error() {
     std::fs::write(&f, "this is not a kernel\n").expect("write");
     let mut cmd = vireo();
     cmd.args(["run", "--kernel"]).arg(&f);
-    assert_one_line_error(&run_with_timeout(cmd, b"", 10), "not a multiboot kernel");
+    let out = run_with_timeout(cmd, b"", 10);
+    assert_one_line_error(&out, "neither a Linux bzImage");
+    assert_one_line_error(&out, "notakernel.txt");
+}
+
+/// A real-looking bzImage header (boot protocol 2.15, 64-bit entry) over a
+/// tiny protected-mode part, for loader error paths.
+fn fake_bzimage() -> PathBuf {
+    let f = tmp().join("fake-bzImage");
+    let mut k = vec![0u8; 4 * 512 + 512 + 4096];
+    k[0x1f1] = 4; // setup_sects
+    k[0x1f4..0x1f8].copy_from_slice(&(4096u32 / 16).to_le_bytes()); // syssize
+    k[0x1fe] = 0x55;
+    k[0x1ff] = 0xaa;
+    k[0x202..0x206].copy_from_slice(b"HdrS");
+    k[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    k[0x211] = 1; // loadflags: LOADED_HIGH
+    k[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+    k[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes()); // kernel_alignment
+    k[0x236..0x238].copy_from_slice(&3u16.to_le_bytes()); // xloadflags: 64-bit entry
+    k[0x238..0x23c].copy_from_slice(&0x7ffu32.to_le_bytes()); // cmdline_size
+    k[0x260..0x264].copy_from_slice(&0x40_0000u32.to_le_bytes()); // init_size
+    std::fs::write(&f, k).expect("write");
+    f
+}
+
+#[test]
+fn an_initrd_larger_than_ram_is_a_one_line_error() {
+    let k = fake_bzimage();
+    let initrd = tmp().join("big-initrd");
+    let f = std::fs::File::create(&initrd).expect("create");
+    f.set_len(80 << 20).expect("sparse file");
+    let mut cmd = vireo();
+    cmd.args(["run", "-m", "64M", "--kernel"])
+        .arg(&k)
+        .arg("--initrd")
+        .arg(&initrd);
+    assert_one_line_error(&run_with_timeout(cmd, b"", 20), "does not fit in guest RAM");
+}
+
+#[test]
+fn bad_vcpu_counts_are_one_line_errors() {
+    let k = fake_bzimage();
+    for (n, needle) in [("0", "--smp 0: must be between 1 and"), ("1000", "--smp 1000: must be between 1 and")] {
+        let mut cmd = vireo();
+        cmd.args(["run", "--smp", n, "--kernel"]).arg(&k);
+        assert_one_line_error(&run_with_timeout(cmd, b"", 10), needle);
+    }
+    let mut cmd = vireo();
+    cmd.args(["run", "--smp", "two", "--kernel"]).arg(&k);
+    let out = run_with_timeout(cmd, b"", 10);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn presets_give_defaults_and_bad_presets_are_one_line_errors() {
+    let mut cmd = vireo();
+    cmd.args(["run", "--preset", "no-such-preset", "--kernel", "/x"]);
+    assert_one_line_error(&run_with_timeout(cmd, b"", 10), "linux-direct");
+    let bad = tmp().join("bad-preset.toml");
+    std::fs::write(&bad, "memory = \"512M\"\nsmpp = 2\n").expect("write");
+    let mut cmd = vireo();
+    cmd.args(["run", "--preset"]).arg(&bad).args(["--kernel", "/x"]);
+    assert_one_line_error(&run_with_timeout(cmd, b"", 10), "smpp");
+    // The preset's memory (512M) applies unless --memory overrides it: an
+    // 80 MiB initrd fits in 512M but not in 64M.
+    let k = fake_bzimage();
+    let initrd = tmp().join("big-initrd-2");
+    std::fs::File::create(&initrd)
+        .and_then(|f| f.set_len(80 << 20))
+        .expect("sparse file");
+    let mut cmd = vireo();
+    cmd.args(["run", "--preset", "linux-direct", "-m", "64M", "--kernel"])
+        .arg(&k)
+        .arg("--initrd")
+        .arg(&initrd);
+    assert_one_line_error(&run_with_timeout(cmd, b"", 20), "does not fit in guest RAM");
 }
 
 #[test]

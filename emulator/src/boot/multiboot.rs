@@ -18,7 +18,10 @@ const SEARCH_LEN: usize = 8192;
 #[derive(Debug, Error)]
 pub enum MultibootError {
     /// No header in the first 8 KiB.
-    #[error("{0}: not a multiboot kernel (no multiboot header in its first 8 KiB)")]
+    #[error(
+        "{0}: not a kernel Vireo can boot: neither a Linux bzImage (no \"HdrS\" boot header) \
+         nor a multiboot kernel (no multiboot header in its first 8 KiB)"
+    )]
     NoHeader(String),
     /// The header or the ELF image is inconsistent.
     #[error("{0}: invalid kernel image: {1}")]
