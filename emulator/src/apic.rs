@@ -8,9 +8,8 @@
 //! messages are routed to local APICs.
 
 use crate::bus::lock;
-use crate::cpu::{CpuEvent, InterruptController};
+use crate::cpu::{CpuEvent, InterruptController, IrqState};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use vireo_devices::ioapic::IoApic;
@@ -64,9 +63,8 @@ impl Waker {
 /// kept in atomics (updated under the APIC's lock, so they never go stale).
 pub struct ApicCell {
     lapic: Mutex<LocalApic>,
-    intr: AtomicBool,
-    event: AtomicBool,
-    passthrough: AtomicBool,
+    /// What the CPU polls (the BSP's also carries the 8259's INTR).
+    pub state: Arc<IrqState>,
     waker: Arc<Waker>,
 }
 
@@ -74,9 +72,7 @@ impl ApicCell {
     fn new(lapic: LocalApic, waker: Arc<Waker>) -> Self {
         let cell = ApicCell {
             lapic: Mutex::new(lapic),
-            intr: AtomicBool::new(false),
-            event: AtomicBool::new(false),
-            passthrough: AtomicBool::new(false),
+            state: Arc::new(IrqState::default()),
             waker,
         };
         cell.with(|_| ());
@@ -89,10 +85,20 @@ impl ApicCell {
         let mut l = lock(&self.lapic);
         let r = f(&mut l);
         let (intr, event) = (l.has_interrupt(), l.has_event());
-        self.intr.store(intr, Ordering::Release);
-        self.event.store(event, Ordering::Release);
-        self.passthrough
-            .store(l.pic_passthrough(), Ordering::Release);
+        let mut v = 0;
+        if intr {
+            v |= IrqState::APIC_INTR;
+        }
+        if event {
+            v |= IrqState::EVENT;
+        }
+        if l.pic_passthrough() {
+            v |= IrqState::PASSTHROUGH;
+        }
+        self.state.update(
+            IrqState::APIC_INTR | IrqState::EVENT | IrqState::PASSTHROUGH,
+            v,
+        );
         drop(l);
         if intr || event {
             self.waker.wake();
@@ -247,7 +253,7 @@ impl Apics {
     pub fn vcpu_controller(
         self: &Arc<Self>,
         i: usize,
-        pic: Option<(Arc<Mutex<Pic>>, Arc<AtomicBool>)>,
+        pic: Option<Arc<Mutex<Pic>>>,
     ) -> Arc<dyn InterruptController> {
         Arc::new(VcpuInterrupts {
             apics: self.clone(),
@@ -345,19 +351,12 @@ impl IrqLine for IsaIrq {
 struct VcpuInterrupts {
     apics: Arc<Apics>,
     index: usize,
-    pic: Option<(Arc<Mutex<Pic>>, Arc<AtomicBool>)>,
+    pic: Option<Arc<Mutex<Pic>>>,
 }
 
 impl VcpuInterrupts {
     fn cell(&self) -> &ApicCell {
         &self.apics.router.apics[self.index]
-    }
-
-    #[inline]
-    fn pic_intr(&self) -> bool {
-        self.pic.as_ref().is_some_and(|(_, intr)| {
-            intr.load(Ordering::Acquire) && self.cell().passthrough.load(Ordering::Acquire)
-        })
     }
 }
 
@@ -368,38 +367,34 @@ const MSR_TSC_DEADLINE: u32 = 0x6e0;
 impl InterruptController for VcpuInterrupts {
     #[inline]
     fn has_interrupt(&self) -> bool {
-        self.cell().intr.load(Ordering::Acquire) || self.pic_intr()
+        self.cell().state.pending() & crate::cpu::PENDING_INTR != 0
     }
 
     #[inline]
     fn has_event(&self) -> bool {
-        self.cell().event.load(Ordering::Acquire)
+        self.cell().state.pending() & crate::cpu::PENDING_EVENT != 0
     }
 
     #[inline]
     fn pending(&self) -> u8 {
-        let c = self.cell();
-        let mut p = 0;
-        if c.intr.load(Ordering::Acquire) || self.pic_intr() {
-            p |= crate::cpu::PENDING_INTR;
-        }
-        if c.event.load(Ordering::Acquire) {
-            p |= crate::cpu::PENDING_EVENT;
-        }
-        p
+        self.cell().state.pending()
+    }
+
+    fn irq_state(&self) -> Option<Arc<IrqState>> {
+        Some(self.cell().state.clone())
     }
 
     fn acknowledge(&self) -> Option<u8> {
         let c = self.cell();
-        if c.intr.load(Ordering::Acquire) {
+        if c.state.has(IrqState::APIC_INTR) {
             if let Some(v) = c.with(|l| l.acknowledge()) {
                 return Some(v);
             }
             // An ExtINT message: the vector comes from the 8259 pair.
-        } else if !self.pic_intr() {
+        } else if !c.state.has(IrqState::PIC_INTR) || !c.state.has(IrqState::PASSTHROUGH) {
             return None;
         }
-        let (pic, _) = self.pic.as_ref()?;
+        let pic = self.pic.as_ref()?;
         let mut pic = lock(pic);
         pic.has_interrupt().then(|| pic.acknowledge())
     }

@@ -5,7 +5,7 @@
 
 use crate::apic::{Apics, IsaIrq, Waker};
 use crate::bus::{lock, AddressSpace, BusError, SharedDevice};
-use crate::cpu::InterruptController;
+use crate::cpu::{InterruptController, IrqState};
 use crate::memory::{GuestRam, MemoryError};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -83,16 +83,17 @@ impl SystemControl for Control {
     }
 }
 
-/// The PIC's INTR output, mirrored in an atomic so the CPU can poll it for
-/// free at every block boundary; raising it wakes the BSP.
+/// The PIC's INTR output, mirrored in the BSP's interrupt state so the CPU
+/// can poll it for free at every block boundary; raising it wakes the BSP.
 struct IntrLine {
-    level: Arc<AtomicBool>,
+    state: Arc<IrqState>,
     bsp: Arc<Waker>,
 }
 
 impl IrqLine for IntrLine {
     fn set_level(&self, level: bool) {
-        self.level.store(level, Ordering::Release);
+        self.state
+            .update(IrqState::PIC_INTR, if level { IrqState::PIC_INTR } else { 0 });
         if level {
             self.bsp.wake();
         }
@@ -121,7 +122,6 @@ pub struct Machine {
     pub vcpu_wakers: Vec<Arc<Waker>>,
     /// Bytes COM1 sent since the last [`Machine::take_serial_output`].
     serial_out: Arc<Mutex<Vec<u8>>>,
-    pic_intr: Arc<AtomicBool>,
     clock: Arc<HostClock>,
 }
 
@@ -148,9 +148,12 @@ impl Machine {
         ));
 
         let pic = Arc::new(Mutex::new(Pic::new()));
-        let pic_intr = Arc::new(AtomicBool::new(false));
+        let bsp_state = match apics.router.apic(0) {
+            Some(a) => a.state.clone(),
+            None => return Err(MachineError::Vcpus(vcpus)),
+        };
         lock(&pic).set_intr_output(Arc::new(IntrLine {
-            level: pic_intr.clone(),
+            state: bsp_state,
             bsp: vcpu_wakers[0].clone(),
         }));
         let irq = |n: u8| -> Arc<dyn IrqLine> {
@@ -228,7 +231,6 @@ impl Machine {
             engine_waker,
             vcpu_wakers,
             serial_out,
-            pic_intr,
             clock: host_clock,
         })
     }
@@ -240,7 +242,7 @@ impl Machine {
 
     /// The interrupt controller vCPU `i` takes interrupts from.
     pub fn interrupt_controller(&self, i: usize) -> Arc<dyn InterruptController> {
-        let pic = (i == 0).then(|| (self.pic.clone(), self.pic_intr.clone()));
+        let pic = (i == 0).then(|| self.pic.clone());
         self.apics.vcpu_controller(i, pic)
     }
 

@@ -1,95 +1,235 @@
 //! Debian's stock kernel with a busybox initramfs boots on the software CPU
-//! to the fixture's marker, runs a command given on the kernel command line,
-//! and reboots (which ends the machine under `no_reboot`).
+//! to the fixture's marker, with several vCPUs: it runs commands given on
+//! the kernel command line (and a static test program whose output must
+//! match the host's), serves an interactive shell on the serial port, and
+//! reboots (which ends the machine under `no_reboot`).
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 use vireo_emulator::accel::AccelKind;
-use vireo_emulator::engine::{self, Event, KernelConfig, MachineConfig, StopReason};
+use vireo_emulator::engine::{self, EngineHandle, Event, KernelConfig, MachineConfig, StopReason};
 
-/// Builds (or reuses) the Debian kernel + initramfs fixture.
-fn fixture() -> (PathBuf, PathBuf) {
-    let cache = std::env::var_os("VIREO_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("debian-linux"));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/debian-linux.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(&cache)
-        .output()
-        .expect("run debian-linux.sh");
+/// Runs a fixture script with `args`; returns its stdout lines.
+fn script(name: &str, args: &[&std::ffi::OsStr], env: &[(&str, String)]) -> Vec<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
+    let mut cmd = Command::new("bash");
+    cmd.arg(&path).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run fixture script");
     assert!(
         out.status.success(),
-        "debian-linux.sh failed: {}",
+        "{name} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert!(lines.len() >= 2, "unexpected fixture output: {stdout}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("VIREO_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("debian-linux"))
+}
+
+/// The static test program, built on the host.
+fn guest_check() -> PathBuf {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guest-check");
+    let lines = script("build-guest-check.sh", &[out.as_os_str()], &[]);
+    PathBuf::from(lines.last().expect("build-guest-check.sh prints the binary"))
+}
+
+/// Builds (or reuses) the Debian kernel + initramfs fixture, with the
+/// guest-check program in /bin.
+fn fixture() -> (PathBuf, PathBuf) {
+    let extra = guest_check().display().to_string();
+    let cache = cache_dir();
+    let lines = script(
+        "debian-linux.sh",
+        &[cache.as_os_str()],
+        &[("VIREO_EXTRA_BINS", extra)],
+    );
+    assert!(lines.len() >= 2, "unexpected fixture output: {lines:?}");
     (
-        PathBuf::from(lines[lines.len() - 2]),
-        PathBuf::from(lines[lines.len() - 1]),
+        PathBuf::from(&lines[lines.len() - 2]),
+        PathBuf::from(&lines[lines.len() - 1]),
     )
 }
 
-#[test]
-fn debian_kernel_boots_to_the_marker_and_runs_a_command() {
+struct Boot {
+    serial: String,
+    stop: Option<StopReason>,
+}
+
+impl Boot {
+    /// What the command printed between the fixture's markers.
+    fn command_output(&self) -> &str {
+        self.serial
+            .split("VIREO-CMD-BEGIN")
+            .nth(1)
+            .and_then(|s| s.split("VIREO-CMD-END").next())
+            .unwrap_or_default()
+    }
+}
+
+fn config(vcpus: usize, cmdline: &str, accel: AccelKind) -> MachineConfig {
     let (kernel, initrd) = fixture();
-    let config = MachineConfig {
+    MachineConfig {
         memory: 512 << 20,
-        accel: AccelKind::Soft,
+        accel,
         kernel: Some(KernelConfig {
             path: kernel,
-            cmdline: "console=ttyS0 quiet vireo.cmd=uname%20-a".into(),
+            cmdline: cmdline.into(),
             initrd: Some(initrd.display().to_string()),
         }),
         no_reboot: true,
         kvm_allow_paravirtual: false,
-        vcpus: 1,
-    };
+        vcpus,
+    }
+}
+
+/// Runs a started machine until it stops (at most 15 minutes), calling
+/// `on_output` with the serial output so far after each chunk.
+fn drive(handle: EngineHandle, mut on_output: impl FnMut(&str, &EngineHandle)) -> Boot {
     let start = Instant::now();
-    let handle = engine::start(&config).expect("start");
     let events = handle.subscribe();
-    let deadline = start + Duration::from_secs(600);
+    let deadline = start + Duration::from_secs(900);
     let mut serial = Vec::new();
     let mut marker_at = None;
     let stop = loop {
         match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(Event::SerialOutput(b)) => {
                 serial.extend_from_slice(&b);
-                if marker_at.is_none() && String::from_utf8_lossy(&serial).contains("VIREO-BOOT-OK")
-                {
+                let text = String::from_utf8_lossy(&serial);
+                if marker_at.is_none() && text.contains("VIREO-BOOT-OK") {
                     marker_at = Some(start.elapsed());
                 }
+                on_output(&text, &handle);
             }
             Ok(Event::Stopped(r)) => break Some(r),
             Ok(_) => {}
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break None,
         }
     };
-    let text = String::from_utf8_lossy(&serial);
     if stop.is_none() {
         handle.send(engine::Command::PowerOff);
     }
     eprintln!(
-        "marker after {:?}, stopped after {:?}",
-        marker_at,
+        "marker after {marker_at:?}, stopped after {:?}",
         start.elapsed()
     );
+    Boot {
+        serial: String::from_utf8_lossy(&serial).into_owned(),
+        stop,
+    }
+}
+
+/// Lines of guest-check output that must match the host's (`info:` lines
+/// describe the machine and differ).
+fn comparable(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .filter(|l| !l.is_empty() && !l.starts_with("info:"))
+        .collect()
+}
+
+fn check_boot(b: &Boot, cpus: usize) {
+    let text = &b.serial;
     assert!(
         text.contains("VIREO-BOOT-OK"),
         "no marker; serial output:\n{text}"
     );
-    let cmd_out = text
-        .split("VIREO-CMD-BEGIN")
-        .nth(1)
-        .and_then(|s| s.split("VIREO-CMD-END").next())
-        .unwrap_or_default();
+    let out = b.command_output();
     assert!(
-        cmd_out.contains("Linux") && cmd_out.contains("x86_64"),
+        out.contains("Linux") && out.contains("x86_64"),
         "uname output missing; serial output:\n{text}"
     );
-    assert_eq!(stop, Some(StopReason::GuestReset), "serial output:\n{text}");
+    assert!(
+        out.lines().any(|l| l.trim() == format!("cpus={cpus}")),
+        "expected cpus={cpus}; serial output:\n{text}"
+    );
+    assert!(
+        text.contains("VIREO-CMD-END rc=0"),
+        "the command failed; serial output:\n{text}"
+    );
+    assert_eq!(b.stop, Some(StopReason::GuestReset), "serial output:\n{text}");
+}
+
+/// `uname -a`, the CPU count as Linux sees it, then the test program.
+const CMD: &str = "uname%20-a%3Becho%20cpus=$(grep%20-c%20^processor%20/proc/cpuinfo)%3B/bin/guest-check";
+
+#[test]
+fn debian_kernel_boots_with_two_vcpus_and_real_programs_match_the_host() {
+    let cmdline = format!("console=ttyS0 quiet vireo.cmd={CMD}");
+    let handle = engine::start(&config(2, &cmdline, AccelKind::Soft)).expect("start");
+    let b = drive(handle, |_, _| {});
+    check_boot(&b, 2);
+
+    let native = Command::new(guest_check())
+        .output()
+        .expect("run guest-check on the host");
+    assert!(native.status.success());
+    let want = comparable(&String::from_utf8_lossy(&native.stdout));
+    let got: Vec<String> = comparable(b.command_output())
+        .into_iter()
+        .filter(|l| !l.starts_with("Linux ") && !l.starts_with("cpus="))
+        .collect();
+    assert!(want.len() > 20, "guest-check printed too little: {want:?}");
+    for (i, (w, g)) in want.iter().zip(got.iter()).enumerate() {
+        assert_eq!(w, g, "guest-check line {i} differs from the host's");
+    }
+    assert_eq!(want.len(), got.len(), "guest-check line counts differ");
+    // The threads ran on more than one vCPU.
+    assert!(
+        b.command_output()
+            .lines()
+            .any(|l| l.starts_with("info:") && l.contains("distinct-cpus=2")),
+        "threads did not spread over both vCPUs:\n{}",
+        b.command_output()
+    );
+}
+
+#[test]
+fn interactive_shell_on_four_vcpus() {
+    let cmdline = "console=ttyS0 quiet vireo.shell=1 vireo.cmd=true";
+    let handle = engine::start(&config(4, cmdline, AccelKind::Soft)).expect("start");
+    // Each step: what to wait for in the output, then what to type.
+    let steps = [
+        ("VIREO-CMD-END", "echo cpus=$(nproc) sum=$((6*7))\n"),
+        ("sum=42", "cat /sys/devices/system/cpu/online; reboot -f\n"),
+    ];
+    let mut next = 0;
+    let mut seen = 0;
+    let b = drive(handle, |text, h| {
+        if let Some((wait, typed)) = steps.get(next) {
+            if let Some(pos) = text[seen..].find(wait) {
+                seen += pos + wait.len();
+                h.send(engine::Command::SerialInput(typed.as_bytes().to_vec()));
+                next += 1;
+            }
+        }
+    });
+    let text = &b.serial;
+    assert_eq!(next, steps.len(), "the shell did not answer:\n{text}");
+    assert!(text.contains("cpus=4 sum=42"), "serial output:\n{text}");
+    assert!(text.contains("0-3"), "online CPUs; serial output:\n{text}");
+    assert_eq!(b.stop, Some(StopReason::GuestReset), "serial output:\n{text}");
+}
+
+#[test]
+fn the_boot_test_runs_on_kvm_where_the_host_can_run_unmodified_guests() {
+    let cmdline = format!("console=ttyS0 quiet vireo.cmd={CMD}");
+    match engine::start(&config(1, &cmdline, AccelKind::Kvm)) {
+        Err(engine::EngineError::Accel(why)) => {
+            assert!(!why.is_empty());
+            eprintln!("skipped: KVM cannot run this guest here: {why}");
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(handle) => check_boot(&drive(handle, |_, _| {}), 1),
+    }
 }

@@ -382,7 +382,7 @@ mod tests {
     fn rejects_non_kernels() {
         let ram = GuestRam::new(16 << 20).unwrap();
         let e = load(&ram, "x.bin", b"just some text", "", &[]).unwrap_err();
-        assert!(e.to_string().contains("not a multiboot kernel"));
+        assert!(e.to_string().contains("nor a multiboot kernel"));
         let mut k = aout_kernel();
         k[24..28].copy_from_slice(&0x1000_0000u32.to_le_bytes()); // load_end far away
         assert!(load(&ram, "k", &k, "", &[]).is_err());

@@ -477,9 +477,12 @@ impl Cpu {
             if self.code.has_pending(self.index) {
                 self.process_code_messages();
             }
-            let pending = match &self.intc {
-                Some(ic) => ic.pending(),
-                None => 0,
+            let pending = match &self.irq_state {
+                Some(s) => s.pending(),
+                None => match &self.intc {
+                    Some(ic) => ic.pending(),
+                    None => 0,
+                },
             };
             if pending & super::PENDING_EVENT != 0 {
                 self.take_cpu_events();

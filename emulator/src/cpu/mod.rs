@@ -375,6 +375,61 @@ pub trait InterruptController: Send + Sync {
     fn apic_id(&self) -> Option<u8> {
         None
     }
+    /// The atomic state the CPU may poll instead of calling
+    /// [`InterruptController::pending`].
+    fn irq_state(&self) -> Option<Arc<IrqState>> {
+        None
+    }
+}
+
+/// Interrupt state a controller publishes for its CPU in one atomic byte, so
+/// the CPU polls it at every block boundary without a call: raw inputs, and
+/// the [`PENDING_INTR`] / [`PENDING_EVENT`] bits derived from them.
+#[derive(Debug, Default)]
+pub struct IrqState(std::sync::atomic::AtomicU8);
+
+impl IrqState {
+    /// The local APIC has a deliverable interrupt.
+    pub const APIC_INTR: u8 = 1 << 2;
+    /// The 8259 pair asserts INTR.
+    pub const PIC_INTR: u8 = 1 << 3;
+    /// The 8259's INTR passes through the local APIC (LINT0 ExtINT).
+    pub const PASSTHROUGH: u8 = 1 << 4;
+    /// An NMI, INIT or SIPI is pending.
+    pub const EVENT: u8 = 1 << 5;
+
+    /// The derived [`PENDING_INTR`] | [`PENDING_EVENT`] bits.
+    #[inline(always)]
+    pub fn pending(&self) -> u8 {
+        self.0.load(Ordering::Acquire) & (PENDING_INTR | PENDING_EVENT)
+    }
+
+    /// True if the raw input `bit` is set.
+    #[inline]
+    pub fn has(&self, bit: u8) -> bool {
+        self.0.load(Ordering::Acquire) & bit != 0
+    }
+
+    /// Sets the raw inputs in `mask` to `value`'s bits and recomputes the
+    /// derived ones.
+    pub fn update(&self, mask: u8, value: u8) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                let raw = (old & !mask) | (value & mask);
+                let intr = raw & Self::APIC_INTR != 0
+                    || raw & (Self::PIC_INTR | Self::PASSTHROUGH)
+                        == Self::PIC_INTR | Self::PASSTHROUGH;
+                let mut v = raw & !(PENDING_INTR | PENDING_EVENT);
+                if intr {
+                    v |= PENDING_INTR;
+                }
+                if raw & Self::EVENT != 0 {
+                    v |= PENDING_EVENT;
+                }
+                Some(v)
+            });
+    }
 }
 
 /// [`InterruptController::pending`]: a maskable interrupt is pending.
@@ -461,6 +516,7 @@ pub struct Cpu {
     pub(crate) cache: exec::CodeCache,
     pub(crate) space: Arc<AddressSpace>,
     pub(crate) intc: Option<Arc<dyn InterruptController>>,
+    pub(crate) irq_state: Option<Arc<IrqState>>,
     pub(crate) tsc_start: std::time::Instant,
     /// Code-cache state shared with the other vCPUs.
     pub(crate) code: Arc<SharedCode>,
@@ -530,6 +586,7 @@ impl Cpu {
             cache: exec::CodeCache::new(),
             space,
             intc: None,
+            irq_state: None,
             tsc_start: tsc_origin,
             code,
             index,
@@ -608,6 +665,7 @@ impl Cpu {
 
     /// Connects the source of external interrupts.
     pub fn set_interrupt_controller(&mut self, intc: Arc<dyn InterruptController>) {
+        self.irq_state = intc.irq_state();
         self.intc = Some(intc);
     }
 
