@@ -45,8 +45,14 @@ fn guest_check() -> PathBuf {
 }
 
 /// Builds (or reuses) the Debian kernel + initramfs fixture, with the
-/// guest-check program in /bin.
+/// guest-check program in /bin (once per test process: the tests run in
+/// parallel and share it).
 fn fixture() -> (PathBuf, PathBuf) {
+    static FIXTURE: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    FIXTURE.get_or_init(build_fixture).clone()
+}
+
+fn build_fixture() -> (PathBuf, PathBuf) {
     let extra = guest_check().display().to_string();
     let cache = cache_dir();
     let lines = script(
