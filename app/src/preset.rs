@@ -73,7 +73,10 @@ mod tests {
         }
         let p = load("linux-direct").expect("linux-direct");
         assert_eq!(p.memory.as_deref(), Some("512M"));
-        assert!(p.append.as_deref().is_some_and(|a| a.contains("console=ttyS0")));
+        assert!(p
+            .append
+            .as_deref()
+            .is_some_and(|a| a.contains("console=ttyS0")));
     }
 
     #[test]

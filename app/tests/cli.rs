@@ -212,7 +212,10 @@ fn an_initrd_larger_than_ram_is_a_one_line_error() {
 #[test]
 fn bad_vcpu_counts_are_one_line_errors() {
     let k = fake_bzimage();
-    for (n, needle) in [("0", "--smp 0: must be between 1 and"), ("1000", "--smp 1000: must be between 1 and")] {
+    for (n, needle) in [
+        ("0", "--smp 0: must be between 1 and"),
+        ("1000", "--smp 1000: must be between 1 and"),
+    ] {
         let mut cmd = vireo();
         cmd.args(["run", "--smp", n, "--kernel"]).arg(&k);
         assert_one_line_error(&run_with_timeout(cmd, b"", 10), needle);
@@ -231,7 +234,9 @@ fn presets_give_defaults_and_bad_presets_are_one_line_errors() {
     let bad = tmp().join("bad-preset.toml");
     std::fs::write(&bad, "memory = \"512M\"\nsmpp = 2\n").expect("write");
     let mut cmd = vireo();
-    cmd.args(["run", "--preset"]).arg(&bad).args(["--kernel", "/x"]);
+    cmd.args(["run", "--preset"])
+        .arg(&bad)
+        .args(["--kernel", "/x"]);
     assert_one_line_error(&run_with_timeout(cmd, b"", 10), "smpp");
     // The preset's memory (512M) applies unless --memory overrides it: an
     // 80 MiB initrd fits in 512M but not in 64M.

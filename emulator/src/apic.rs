@@ -123,7 +123,8 @@ impl ApicRouter {
                 .iter()
                 .filter_map(|a| {
                     let l = lock(&a.lapic);
-                    l.is_addressed(msg).then(|| l.arbitration_priority())
+                    l.is_addressed(msg)
+                        .then(|| l.arbitration_priority())
                         .map(|p| (p, a))
                 })
                 .min_by_key(|(p, _)| *p);

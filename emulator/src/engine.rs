@@ -5,10 +5,10 @@
 //! `Paused`, `Halted` (waiting for an interrupt), `Stopped`.
 
 use crate::accel::{AccelExit, AccelKind, Accelerator, SoftAccel};
-use crate::cpu::SharedCode;
 use crate::boot::multiboot::{self, Module, MultibootError};
 use crate::boot::BootState;
 use crate::bus::lock;
+use crate::cpu::SharedCode;
 use crate::machine::{Machine, MachineError, MAX_VCPUS};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -243,8 +243,11 @@ struct BootImage {
 impl BootImage {
     fn load(&self, machine: &Machine) -> Result<BootState, EngineError> {
         use crate::boot::mptable;
-        mptable::write(&machine.space.ram, mptable::MPTABLE_ADDR, machine.vcpus() as u8)
-            ?;
+        mptable::write(
+            &machine.space.ram,
+            mptable::MPTABLE_ADDR,
+            machine.vcpus() as u8,
+        )?;
         if crate::boot::linux::is_bzimage(&self.kernel) {
             return Ok(crate::boot::linux::load(
                 &machine.space.ram,
@@ -278,17 +281,22 @@ fn parse_modules(spec: &str) -> Result<Vec<Module>, EngineError> {
         .collect()
 }
 
+/// One accelerator per vCPU, and why `auto` fell back to the software CPU.
+type ChosenAccels = (Vec<Box<dyn Accelerator>>, Option<String>);
+
 /// Picks the accelerator: one per vCPU, and, when `auto` fell back, why.
 fn choose_accels(
     kind: AccelKind,
     allow_paravirtual: bool,
     machine: &Machine,
-) -> Result<(Vec<Box<dyn Accelerator>>, Option<String>), EngineError> {
+) -> Result<ChosenAccels, EngineError> {
     let n = machine.vcpus();
     let soft = || -> Vec<Box<dyn Accelerator>> {
         let code = SharedCode::new(machine.space.ram.size(), n);
         (0..n)
-            .map(|i| Box::new(SoftAccel::for_vcpu(machine, i, code.clone())) as Box<dyn Accelerator>)
+            .map(|i| {
+                Box::new(SoftAccel::for_vcpu(machine, i, code.clone())) as Box<dyn Accelerator>
+            })
             .collect()
     };
     match kind {

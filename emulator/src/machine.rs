@@ -92,8 +92,10 @@ struct IntrLine {
 
 impl IrqLine for IntrLine {
     fn set_level(&self, level: bool) {
-        self.state
-            .update(IrqState::PIC_INTR, if level { IrqState::PIC_INTR } else { 0 });
+        self.state.update(
+            IrqState::PIC_INTR,
+            if level { IrqState::PIC_INTR } else { 0 },
+        );
         if level {
             self.bsp.wake();
         }

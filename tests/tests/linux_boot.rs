@@ -13,7 +13,9 @@ use vireo_emulator::engine::{self, EngineHandle, Event, KernelConfig, MachineCon
 
 /// Runs a fixture script with `args`; returns its stdout lines.
 fn script(name: &str, args: &[&std::ffi::OsStr], env: &[(&str, String)]) -> Vec<String> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
     let mut cmd = Command::new("bash");
     cmd.arg(&path).args(args);
     for (k, v) in env {
@@ -41,7 +43,11 @@ fn cache_dir() -> PathBuf {
 fn guest_check() -> PathBuf {
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guest-check");
     let lines = script("build-guest-check.sh", &[out.as_os_str()], &[]);
-    PathBuf::from(lines.last().expect("build-guest-check.sh prints the binary"))
+    PathBuf::from(
+        lines
+            .last()
+            .expect("build-guest-check.sh prints the binary"),
+    )
 }
 
 /// Builds (or reuses) the Debian kernel + initramfs fixture, with the
@@ -163,11 +169,16 @@ fn check_boot(b: &Boot, cpus: usize) {
         text.contains("VIREO-CMD-END rc=0"),
         "the command failed; serial output:\n{text}"
     );
-    assert_eq!(b.stop, Some(StopReason::GuestReset), "serial output:\n{text}");
+    assert_eq!(
+        b.stop,
+        Some(StopReason::GuestReset),
+        "serial output:\n{text}"
+    );
 }
 
 /// `uname -a`, the CPU count as Linux sees it, then the test program.
-const CMD: &str = "uname%20-a%3Becho%20cpus=$(grep%20-c%20^processor%20/proc/cpuinfo)%3B/bin/guest-check";
+const CMD: &str =
+    "uname%20-a%3Becho%20cpus=$(grep%20-c%20^processor%20/proc/cpuinfo)%3B/bin/guest-check";
 
 #[test]
 fn debian_kernel_boots_with_two_vcpus_and_real_programs_match_the_host() {
@@ -224,7 +235,11 @@ fn interactive_shell_on_four_vcpus() {
     assert_eq!(next, steps.len(), "the shell did not answer:\n{text}");
     assert!(text.contains("cpus=4 sum=42"), "serial output:\n{text}");
     assert!(text.contains("0-3"), "online CPUs; serial output:\n{text}");
-    assert_eq!(b.stop, Some(StopReason::GuestReset), "serial output:\n{text}");
+    assert_eq!(
+        b.stop,
+        Some(StopReason::GuestReset),
+        "serial output:\n{text}"
+    );
 }
 
 #[test]

@@ -183,7 +183,7 @@ pub(super) fn locked(c: &mut Cpu, d: &Insn) -> R {
     c.check_segment(seg, off, size.min(8) as u8, true)?;
     let lin = c.lin(seg, off);
     c.check_canonical(seg, lin)?;
-    if !size.is_power_of_two() || lin % size != 0 {
+    if !size.is_power_of_two() || !lin.is_multiple_of(size) {
         return fallback(c, d);
     }
     let user = c.user();

@@ -294,7 +294,7 @@ impl Cpu {
         use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
         let size = if wide { 8 } else { 4 };
         match self.space.ram.ptr(addr, size) {
-            Some(p) if addr % size == 0 && self.smp => {
+            Some(p) if addr.is_multiple_of(size) && self.smp => {
                 // SAFETY: `ptr` checked the range; the entry is naturally
                 // aligned (checked), as the atomics require.
                 unsafe {
@@ -315,7 +315,11 @@ impl Cpu {
                 }
             }
             _ => {
-                self.space.write_phys(addr, size as usize, new & if wide { u64::MAX } else { 0xffff_ffff });
+                self.space.write_phys(
+                    addr,
+                    size as usize,
+                    new & if wide { u64::MAX } else { 0xffff_ffff },
+                );
                 true
             }
         }

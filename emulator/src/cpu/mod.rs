@@ -339,7 +339,11 @@ pub trait InterruptController: Send + Sync {
     /// every block boundary).
     #[inline]
     fn pending(&self) -> u8 {
-        let mut p = if self.has_interrupt() { PENDING_INTR } else { 0 };
+        let mut p = if self.has_interrupt() {
+            PENDING_INTR
+        } else {
+            0
+        };
         if self.has_event() {
             p |= PENDING_EVENT;
         }

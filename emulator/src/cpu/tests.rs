@@ -253,7 +253,12 @@ fn lock_cmpxchg16b_on_smp() {
     ram.write_bytes(0x1000, &code);
     ram.write_bytes(0x2000, &[1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
     let space = Arc::new(AddressSpace::new(ram));
-    let mut cpu = Cpu::new_vcpu(space, SharedCode::new(1 << 20, 2), 0, std::time::Instant::now());
+    let mut cpu = Cpu::new_vcpu(
+        space,
+        SharedCode::new(1 << 20, 2),
+        0,
+        std::time::Instant::now(),
+    );
     tests_long_mode(&mut cpu);
     cpu.rip = 0x1000;
     assert_eq!(cpu.run(100), CpuExit::Halted);
