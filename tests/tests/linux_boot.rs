@@ -248,7 +248,12 @@ fn the_boot_test_runs_on_kvm_where_the_host_can_run_unmodified_guests() {
     match engine::start(&config(1, &cmdline, AccelKind::Kvm)) {
         Err(engine::EngineError::Accel(why)) => {
             assert!(!why.is_empty());
-            eprintln!("skipped: KVM cannot run this guest here: {why}");
+            // Past the test harness's capture, so CI logs show it.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "the_boot_test_runs_on_kvm: skipped: KVM cannot run this guest here: {why}"
+            );
         }
         Err(e) => panic!("unexpected error: {e}"),
         Ok(handle) => check_boot(&drive(handle, |_, _| {}), 1),
