@@ -211,14 +211,25 @@ fn debian_kernel_boots_with_two_vcpus_and_real_programs_match_the_host() {
     );
 }
 
+/// Four vCPUs and 5 GiB of RAM, a gigabyte of it above the PCI hole (the
+/// guest must use it: its Normal zone lies entirely above 4 GiB).
 #[test]
-fn interactive_shell_on_four_vcpus() {
+fn interactive_shell_on_four_vcpus_with_memory_above_4g() {
     let cmdline = "console=ttyS0 quiet vireo.shell=1 vireo.cmd=true";
-    let handle = engine::start(&config(4, cmdline, AccelKind::Soft)).expect("start");
+    let mut cfg = config(4, cmdline, AccelKind::Soft);
+    cfg.memory = 5 << 30;
+    let handle = engine::start(&cfg).expect("start");
     // Each step: what to wait for in the output, then what to type.
     let steps = [
         ("VIREO-CMD-END", "echo cpus=$(nproc) sum=$((6*7))\n"),
-        ("sum=42", "cat /sys/devices/system/cpu/online; reboot -f\n"),
+        (
+            "sum=42",
+            // The keys are printed as two strings so the shell's echo of
+            // this line does not contain them.
+            "awk '/MemTotal/ {print \"mem\" \"total=\" $2}' /proc/meminfo; \
+             awk '/zone +Normal/ {z=1} z && /managed/ {print \"nor\" \"mal=\" $2; exit}' /proc/zoneinfo\n",
+        ),
+        ("normal=", "cat /sys/devices/system/cpu/online; reboot -f\n"),
     ];
     let mut next = 0;
     let mut seen = 0;
@@ -234,6 +245,16 @@ fn interactive_shell_on_four_vcpus() {
     let text = &b.serial;
     assert_eq!(next, steps.len(), "the shell did not answer:\n{text}");
     assert!(text.contains("cpus=4 sum=42"), "serial output:\n{text}");
+    let field = |key: &str| -> u64 {
+        text.rsplit(key)
+            .next()
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(field("memtotal=") > 4_800_000, "MemTotal (kB); serial output:\n{text}");
+    // Pages managed in the Normal zone (all above 4 GiB): > 200 MiB.
+    assert!(field("normal=") > 50_000, "Normal zone pages; serial output:\n{text}");
     assert!(text.contains("0-3"), "online CPUs; serial output:\n{text}");
     assert_eq!(
         b.stop,
