@@ -292,7 +292,7 @@ fn choose_accels(
 ) -> Result<ChosenAccels, EngineError> {
     let n = machine.vcpus();
     let soft = || -> Vec<Box<dyn Accelerator>> {
-        let code = SharedCode::new(machine.space.ram.size(), n);
+        let code = SharedCode::new(machine.space.ram.phys_end(), n);
         (0..n)
             .map(|i| {
                 Box::new(SoftAccel::for_vcpu(machine, i, code.clone())) as Box<dyn Accelerator>
@@ -808,6 +808,37 @@ mod tests {
         assert_eq!(next(&rx), Event::Stopped(StopReason::PowerOff));
         assert_eq!(next(&late), Event::Stopped(StopReason::PowerOff));
         h.join();
+    }
+
+    #[test]
+    fn commands_drive_every_vcpu_thread() {
+        // jmp $ on the BSP; the AP waits for a start-up IPI.
+        let mut cfg = config(kernel_file("spin2", &[0xeb, 0xfe]));
+        cfg.vcpus = 2;
+        let h = start(&cfg).expect("start");
+        let rx = h.subscribe();
+        assert_eq!(next(&rx), Event::Started { accel: "soft" });
+        for _ in 0..3 {
+            h.send(Command::Pause);
+            assert_eq!(next(&rx), Event::Paused);
+            h.send(Command::Reset);
+            assert_eq!(next(&rx), Event::Reset);
+            h.send(Command::Resume);
+            assert_eq!(next(&rx), Event::Resumed);
+        }
+        h.send(Command::PowerOff);
+        assert_eq!(next(&rx), Event::Stopped(StopReason::PowerOff));
+        h.join();
+    }
+
+    #[test]
+    fn vcpu_counts_are_checked() {
+        let mut cfg = config(kernel_file("spin3", &[0xeb, 0xfe]));
+        for n in [0, MAX_VCPUS + 1] {
+            cfg.vcpus = n;
+            let e = start(&cfg).err().expect("refused");
+            assert!(e.to_string().contains("--smp"), "{e}");
+        }
     }
 
     #[test]

@@ -657,7 +657,12 @@ fn ram_slots(space: &AddressSpace) -> Vec<(u64, u64)> {
         walk(space, mid, hi, out);
     }
     let mut out = Vec::new();
-    walk(space, 0, space.ram.size() & !(PAGE - 1), &mut out);
+    walk(space, 0, space.ram.below_4g() & !(PAGE - 1), &mut out);
+    let above = space.ram.above_4g() & !(PAGE - 1);
+    if above > 0 {
+        let start = crate::memory::PCI_HOLE_END;
+        walk(space, start, start + above, &mut out);
+    }
     out
 }
 
@@ -716,10 +721,17 @@ impl KvmVcpu {
                 flags: 0,
                 guest_phys_addr: lo,
                 memory_size: hi - lo,
-                userspace_addr: space.ram.host_base() as u64 + lo,
+                userspace_addr: match space.ram.ptr(lo, hi - lo) {
+                    Some(p) => p as u64,
+                    None => {
+                        return Err(KvmUnavailable::Other(format!(
+                            "guest RAM slot {lo:#x}..{hi:#x} is not RAM"
+                        )))
+                    }
+                },
             };
-            // SAFETY: the range lies inside the guest RAM mapping (`ram_slots`
-            // stays below ram.size()), which lives as long as `space`; this
+            // SAFETY: the range lies inside the guest RAM mapping (checked by
+            // `ptr`), which lives as long as `space`; this
             // struct holds `space` and drops the VM first.
             unsafe { vm.set_user_memory_region(region) }
                 .map_err(other("KVM_SET_USER_MEMORY_REGION"))?;

@@ -1,5 +1,9 @@
 //! Guest physical memory: one anonymous host mapping backs guest RAM.
 //!
+//! As on a PC, RAM fills guest-physical addresses up to 3 GiB; the gigabyte
+//! below 4 GiB is the PCI hole (device windows, the APICs), and RAM beyond
+//! the first 3 GiB continues at 4 GiB.
+//!
 //! The soft CPU reads and writes RAM through raw host pointers (its TLB caches
 //! them); KVM maps the same host range as a memory slot.
 
@@ -21,7 +25,13 @@ pub enum MemoryError {
     },
 }
 
-/// Guest RAM: `size` bytes at guest physical address 0.
+/// Start of the PCI hole: RAM beyond this much continues at 4 GiB.
+pub const PCI_HOLE_START: u64 = 3 << 30;
+/// End of the PCI hole.
+pub const PCI_HOLE_END: u64 = 4 << 30;
+
+/// Guest RAM: `size` bytes from guest-physical 0, the part beyond 3 GiB at
+/// 4 GiB.
 pub struct GuestRam {
     base: *mut u8,
     size: u64,
@@ -75,15 +85,44 @@ impl GuestRam {
         self.base
     }
 
+    /// Offset into the mapping of guest-physical `gpa..gpa+len`, if that
+    /// range is RAM (it must not straddle the PCI hole).
+    #[inline]
+    fn offset(&self, gpa: u64, len: u64) -> Option<u64> {
+        let end = gpa.checked_add(len)?;
+        let off = if end <= PCI_HOLE_START {
+            gpa
+        } else if gpa >= PCI_HOLE_END {
+            gpa - (PCI_HOLE_END - PCI_HOLE_START)
+        } else {
+            return None;
+        };
+        (off + len <= self.size).then_some(off)
+    }
+
     /// Host pointer to `gpa` if `gpa..gpa+len` lies in RAM.
     #[inline]
     pub fn ptr(&self, gpa: u64, len: u64) -> Option<*mut u8> {
-        let end = gpa.checked_add(len)?;
-        if end <= self.size {
-            // SAFETY: gpa + len is within the mapping.
-            Some(unsafe { self.base.add(gpa as usize) })
-        } else {
-            None
+        let off = self.offset(gpa, len)?;
+        // SAFETY: `offset` checked that off + len is within the mapping.
+        Some(unsafe { self.base.add(off as usize) })
+    }
+
+    /// RAM below the PCI hole, at guest-physical 0.
+    pub fn below_4g(&self) -> u64 {
+        self.size.min(PCI_HOLE_START)
+    }
+
+    /// RAM above 4 GiB.
+    pub fn above_4g(&self) -> u64 {
+        self.size - self.below_4g()
+    }
+
+    /// One past the highest guest-physical RAM address.
+    pub fn phys_end(&self) -> u64 {
+        match self.above_4g() {
+            0 => self.size,
+            n => PCI_HOLE_END + n,
         }
     }
 
@@ -136,6 +175,27 @@ impl Drop for GuestRam {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ram_beyond_3g_continues_at_4g() {
+        let ram = GuestRam::new(5 << 30).expect("map");
+        assert_eq!(ram.below_4g(), 3 << 30);
+        assert_eq!(ram.above_4g(), 2 << 30);
+        assert_eq!(ram.phys_end(), 6 << 30);
+        assert!(ram.ptr((3 << 30) - 4, 4).is_some());
+        assert!(ram.ptr((3 << 30) - 2, 4).is_none(), "straddles the hole");
+        assert!(ram.ptr(0xfee0_0000, 4).is_none(), "in the hole");
+        assert!(ram.write_u32(4 << 30, 0x1234_5678));
+        assert!(ram.write_u32((6 << 30) - 4, 0x9abc_def0));
+        assert!(ram.ptr(6 << 30, 1).is_none());
+        // 4 GiB maps right after the first 3 GiB of the mapping.
+        // SAFETY: the offset is inside the 5 GiB mapping.
+        let v = unsafe { (ram.host_base().add(3 << 30) as *const u32).read_unaligned() };
+        assert_eq!(v, 0x1234_5678);
+        let small = GuestRam::new(1 << 30).expect("map");
+        assert_eq!(small.phys_end(), 1 << 30);
+        assert!(small.ptr(4 << 30, 1).is_none());
+    }
 
     #[test]
     fn rejects_bad_sizes() {

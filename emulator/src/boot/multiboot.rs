@@ -96,7 +96,7 @@ fn place(
     let end = addr
         .checked_add(memsz.max(data.len() as u64))
         .ok_or_else(too_large)?;
-    if end > ram.size() || addr < 0x1000 {
+    if end > ram.below_4g() || addr < 0x1000 {
         return Err(too_large());
     }
     ram.write_bytes(addr, data);
@@ -254,7 +254,7 @@ pub fn load(
     let mut alloc = |len: u64| -> Result<u64, MultibootError> {
         let at = next;
         next = (next + len + 0xfff) & !0xfff;
-        if next > ram.size() || next > 0xffff_ffff {
+        if next > ram.below_4g() {
             return Err(MultibootError::TooLarge(
                 name.to_string(),
                 format!("kernel, modules and boot information need {next:#x} bytes"),
@@ -269,7 +269,7 @@ pub fn load(
     let mbi = alloc(0x1000)?;
     let mut info = [0u32; 22];
     let mut mflags = 1 | (1 << 2) | (1 << 3) | (1 << 6) | (1 << 9);
-    let ram_below_4g = ram.size().min(0xfec0_0000);
+    let ram_below_4g = ram.below_4g();
     info[1] = 640;
     info[2] = ((ram_below_4g - 0x10_0000) / 1024) as u32;
     let cmd_at = alloc(cmdline.len() as u64 + 1)?;
@@ -302,10 +302,10 @@ pub fn load(
         map.extend_from_slice(&len.to_le_bytes());
         map.extend_from_slice(&ty.to_le_bytes());
     }
-    if ram.size() > ram_below_4g {
+    if ram.above_4g() > 0 {
         map.extend_from_slice(&20u32.to_le_bytes());
         map.extend_from_slice(&(1u64 << 32).to_le_bytes());
-        map.extend_from_slice(&(ram.size() - ram_below_4g).to_le_bytes());
+        map.extend_from_slice(&ram.above_4g().to_le_bytes());
         map.extend_from_slice(&1u32.to_le_bytes());
     }
     let map_at = alloc(map.len() as u64)?;

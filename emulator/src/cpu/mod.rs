@@ -541,7 +541,7 @@ impl Cpu {
     /// A CPU in the state after RESET (SDM vol. 3 §9.1.1), executing from
     /// `space`.
     pub fn new(space: Arc<AddressSpace>) -> Self {
-        let code = SharedCode::new(space.ram.size(), 1);
+        let code = SharedCode::new(space.ram.phys_end(), 1);
         Self::new_vcpu(space, code, 0, std::time::Instant::now())
     }
 
