@@ -163,6 +163,20 @@ impl Cpu {
     /// Walks the page tables for `lin` (SDM vol. 3 §4.3–4.5), setting
     /// accessed/dirty bits, and checks permissions.
     fn walk(&mut self, lin: u64, acc: Access, user: bool) -> R<Walk> {
+        // Another vCPU may change an entry between our read and the A/D
+        // update: walk again (a guest cannot make this recurse or spin
+        // forever: after many tries the update is done non-atomically).
+        for _ in 0..64 {
+            if let Some(w) = self.walk_once(lin, acc, user, true)? {
+                return Ok(w);
+            }
+        }
+        self.walk_once(lin, acc, user, false)?
+            .ok_or_else(|| self.page_fault(lin, 0))
+    }
+
+    /// One page walk; `Ok(None)` when an atomic A/D update lost a race.
+    fn walk_once(&mut self, lin: u64, acc: Access, user: bool, atomic: bool) -> R<Option<Walk>> {
         let write = acc == Access::Write;
         let nxe = self.efer & efer::NXE != 0;
         let wp = self.cr0 & cr0::WP != 0;
@@ -276,25 +290,24 @@ impl Cpu {
             if leaf && write {
                 ne |= PTE_D;
             }
-            if ne != e && !self.set_pte_bits(addr, wide, e, ne) {
-                // Another vCPU changed the entry since it was read: walk
-                // again with what is there now.
-                return self.walk(lin, acc, user);
+            if ne != e && !self.set_pte_bits(addr, wide, e, ne, atomic) {
+                // Another vCPU changed the entry since it was read.
+                return Ok(None);
             }
         }
-        Ok(Walk {
+        Ok(Some(Walk {
             phys,
             global: global && self.cr4 & cr4::PGE != 0,
-        })
+        }))
     }
 
     /// Stores page-table entry `addr` (8 bytes if `wide`, else 4) as `new`
     /// if it still holds `old`; false if another vCPU changed it.
-    fn set_pte_bits(&mut self, addr: u64, wide: bool, old: u64, new: u64) -> bool {
+    fn set_pte_bits(&mut self, addr: u64, wide: bool, old: u64, new: u64, atomic: bool) -> bool {
         use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
         let size = if wide { 8 } else { 4 };
         match self.space.ram.ptr(addr, size) {
-            Some(p) if addr.is_multiple_of(size) && self.smp => {
+            Some(p) if addr.is_multiple_of(size) && self.smp && atomic => {
                 // SAFETY: `ptr` checked the range; the entry is naturally
                 // aligned (checked), as the atomics require.
                 unsafe {
