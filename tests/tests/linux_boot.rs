@@ -252,9 +252,15 @@ fn interactive_shell_on_four_vcpus_with_memory_above_4g() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    assert!(field("memtotal=") > 4_800_000, "MemTotal (kB); serial output:\n{text}");
+    assert!(
+        field("memtotal=") > 4_800_000,
+        "MemTotal (kB); serial output:\n{text}"
+    );
     // Pages managed in the Normal zone (all above 4 GiB): > 200 MiB.
-    assert!(field("normal=") > 50_000, "Normal zone pages; serial output:\n{text}");
+    assert!(
+        field("normal=") > 50_000,
+        "Normal zone pages; serial output:\n{text}"
+    );
     assert!(text.contains("0-3"), "online CPUs; serial output:\n{text}");
     assert_eq!(
         b.stop,
