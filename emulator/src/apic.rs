@@ -264,6 +264,28 @@ impl Apics {
     }
 }
 
+/// Copies the bytes of register value `v` that a read of `data.len()` bytes
+/// at `offset` sees (the registers are 32-bit, 16-byte aligned).
+fn read_bytes_of(v: u32, offset: u64, data: &mut [u8]) {
+    let bytes = v.to_le_bytes();
+    let sh = (offset & 3) as usize;
+    for (k, b) in data.iter_mut().enumerate() {
+        *b = bytes.get(sh + k).copied().unwrap_or(0);
+    }
+}
+
+/// The value of an aligned 32-bit write; other writes are logged and
+/// ignored (`None`).
+fn dword_write(what: &str, offset: u64, data: &[u8]) -> Option<u32> {
+    match <[u8; 4]>::try_from(data) {
+        Ok(b) if offset & 3 == 0 => Some(u32::from_le_bytes(b)),
+        _ => {
+            vireo_devices::log_odd_access!("{what}: {}-byte write at {offset:#x}", data.len());
+            None
+        }
+    }
+}
+
 /// The local APIC page at 0xfee00000: accesses go to the APIC of the vCPU
 /// the accessing thread runs.
 pub struct LapicMmio(Arc<Apics>);
@@ -275,20 +297,13 @@ impl BusDevice for LapicMmio {
             Some(a) => a.with(|l| l.read(offset & !3)),
             None => 0,
         };
-        let bytes = v.to_le_bytes();
-        let sh = (offset & 3) as usize;
-        for (k, b) in data.iter_mut().enumerate() {
-            *b = bytes.get(sh + k).copied().unwrap_or(0);
-        }
+        read_bytes_of(v, offset, data);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if data.len() != 4 || offset & 3 != 0 {
-            vireo_devices::log_odd_access!("local APIC: {}-byte write at {offset:#x}", data.len());
-            return;
+        if let Some(v) = dword_write("local APIC", offset, data) {
+            self.0.lapic_write(current_vcpu(), offset, v);
         }
-        let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
-        self.0.lapic_write(current_vcpu(), offset, v);
     }
 }
 
@@ -298,19 +313,13 @@ pub struct IoApicMmio(Arc<Apics>);
 impl BusDevice for IoApicMmio {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let v = lock(&self.0.ioapic).read(offset & !3);
-        let bytes = v.to_le_bytes();
-        let sh = (offset & 3) as usize;
-        for (k, b) in data.iter_mut().enumerate() {
-            *b = bytes.get(sh + k).copied().unwrap_or(0);
-        }
+        read_bytes_of(v, offset, data);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if data.len() != 4 || offset & 3 != 0 {
-            vireo_devices::log_odd_access!("I/O APIC: {}-byte write at {offset:#x}", data.len());
+        let Some(v) = dword_write("I/O APIC", offset, data) else {
             return;
-        }
-        let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+        };
         let msgs = lock(&self.0.ioapic).write(offset, v);
         for m in msgs {
             self.0.router.deliver(&m);
