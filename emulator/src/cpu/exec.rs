@@ -31,6 +31,43 @@ const MAX_BLOCK: usize = 64;
 /// A straight-line run of instructions within one page.
 pub(crate) struct Block {
     insns: Vec<Insn>,
+    /// In the cache (not a one-off decode of a page-straddling instruction).
+    cached: bool,
+    /// Blocks seen to follow this one in the same page: (RIP, block). Both
+    /// lie in one physical page, so they leave the cache together.
+    next: [std::cell::Cell<(u64, *const Block)>; 2],
+}
+
+// SAFETY: a block is used by the one vCPU whose cache holds it; the raw
+// successor pointers are only followed by that vCPU (see `Cpu::run`).
+unsafe impl Send for Block {}
+// SAFETY: as above: no two threads ever touch the same block.
+unsafe impl Sync for Block {}
+
+impl Block {
+    fn new(insns: Vec<Insn>, cached: bool) -> Self {
+        Block {
+            insns,
+            cached,
+            next: Default::default(),
+        }
+    }
+
+    /// The successor recorded for `rip`, if any.
+    #[inline(always)]
+    fn successor(&self, rip: u64) -> Option<*const Block> {
+        self.next
+            .iter()
+            .map(|c| c.get())
+            .find(|(r, b)| *r == rip && !b.is_null())
+            .map(|(_, b)| b)
+    }
+
+    /// Records `b` as the block that follows at `rip`.
+    fn link(&self, rip: u64, b: *const Block) {
+        let slot = if self.next[0].get().1.is_null() { 0 } else { 1 };
+        self.next[slot].set((rip, b));
+    }
 }
 
 type Key = (u64, u64, u32);
@@ -436,14 +473,12 @@ impl Cpu {
                     break;
                 }
             }
-            let b = Arc::new(Block {
-                insns: vec![make_insn(ins, bitness, self.smp)],
-            });
+            let b = Arc::new(Block::new(vec![make_insn(ins, bitness, self.smp)], false));
             let p = Arc::as_ptr(&b);
             self.cache.graveyard.push(b);
             return Ok(p);
         }
-        let block = Arc::new(Block { insns });
+        let block = Arc::new(Block::new(insns, true));
         if self.code.mark(page) {
             self.tlb.flush_phys_writes(page);
             self.code.post_others(self.index, CodeMsg::Protect(page));
@@ -463,6 +498,10 @@ impl Cpu {
     /// fault, or an exit request.
     pub fn run(&mut self, budget: u64) -> CpuExit {
         let limit = self.icount.saturating_add(budget);
+        // The block that last ran to its end, and the linear address it
+        // started at (see the chaining below).
+        let mut prev: *const Block = std::ptr::null();
+        let mut prev_lin = 0u64;
         loop {
             if self.shutdown {
                 return CpuExit::Shutdown;
@@ -476,6 +515,7 @@ impl Cpu {
             }
             if self.code.has_pending(self.index) {
                 self.process_code_messages();
+                prev = std::ptr::null();
             }
             let pending = match &self.irq_state {
                 Some(s) => s.pending(),
@@ -486,6 +526,7 @@ impl Cpu {
             };
             if pending & super::PENDING_EVENT != 0 {
                 self.take_cpu_events();
+                prev = std::ptr::null();
             }
             if self.wait_sipi {
                 return CpuExit::Halted;
@@ -495,6 +536,7 @@ impl Cpu {
                 self.nmi_blocked = true;
                 self.external_interrupt(super::vec::NMI);
                 self.stop_block = false;
+                prev = std::ptr::null();
                 continue;
             }
             if self.irq_inhibit {
@@ -504,40 +546,75 @@ impl Cpu {
                     self.halted = false;
                     self.external_interrupt(v);
                     self.stop_block = false;
+                    prev = std::ptr::null();
                     continue;
                 }
             }
             if self.halted {
                 return CpuExit::Halted;
             }
-            let block = match self.block() {
-                // SAFETY: `block` keeps the block alive (in the cache or its
-                // graveyard) until the next call of `block`, which happens
-                // only after this iteration has finished with it.
-                Ok(b) => unsafe { &*b },
-                Err(e) => {
-                    self.raise(e);
-                    self.stop_block = false;
-                    continue;
-                }
+            // A block that ended with a plain jump or fall-through within
+            // its page goes straight to the successor it saw there before
+            // (block chaining): same page, same translation, no lookup.
+            let lin = self.lin(super::CS, self.rip);
+            let chained = if prev.is_null() || (lin ^ prev_lin) & !0xfff != 0 {
+                None
+            } else {
+                // SAFETY: `prev` is the block that just ran to its end: it is
+                // still cached (no invalidation or cache clear happened, or
+                // `prev` would have been reset).
+                unsafe { (*prev).successor(self.rip) }
             };
+            let block = match chained {
+                Some(b) => b,
+                None => match self.block() {
+                    Ok(b) => {
+                        // SAFETY: as above; `b` was just returned by `block`.
+                        if !prev.is_null()
+                            && (lin ^ prev_lin) & !0xfff == 0
+                            && unsafe { (*b).cached && (*prev).cached }
+                        {
+                            // SAFETY: as above.
+                            unsafe { (*prev).link(self.rip, b) };
+                        }
+                        b
+                    }
+                    Err(e) => {
+                        self.raise(e);
+                        self.stop_block = false;
+                        prev = std::ptr::null();
+                        continue;
+                    }
+                },
+            };
+            // SAFETY: the block stays alive (in the cache or its graveyard)
+            // until the next call of `block`, which happens only after this
+            // iteration has finished with it.
+            let b = unsafe { &*block };
             self.recent_blocks[self.recent_pos % 16] = self.rip;
             self.recent_pos = self.recent_pos.wrapping_add(1);
             let ip_mask = self.ip_mask();
-            for d in block.insns.iter() {
+            let room = (limit - self.icount).min(usize::MAX as u64) as usize;
+            let mut done = 0u64;
+            prev = block;
+            prev_lin = lin;
+            for d in b.insns.iter().take(room) {
                 self.rip = d.ins.next_ip() & ip_mask;
                 if let Err(e) = (d.handler)(self, d) {
                     self.rip = d.ins.ip();
                     self.raise(e);
                     self.stop_block = false;
+                    prev = std::ptr::null();
                     break;
                 }
-                self.icount += 1;
-                if self.stop_block || self.icount >= limit {
+                done += 1;
+                if self.stop_block {
                     self.stop_block = false;
+                    prev = std::ptr::null();
                     break;
                 }
             }
+            self.icount += done;
         }
     }
 
