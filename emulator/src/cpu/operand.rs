@@ -20,20 +20,81 @@ pub(crate) fn seg_index(r: Register) -> usize {
     (r as usize).wrapping_sub(Register::ES as usize).min(5)
 }
 
+/// How an `iced_x86::Register` maps onto the CPU state, by its number.
+#[derive(Clone, Copy)]
+struct RegEntry {
+    kind: u8,
+    idx: u8,
+    shift: u8,
+    /// Writes of this register clear the rest of the GPR (32 and 64 bits).
+    zero_extends: bool,
+    mask: u64,
+}
+
+const KIND_NONE: u8 = 0;
+const KIND_GPR: u8 = 1;
+const KIND_IP: u8 = 2;
+const KIND_SEG: u8 = 3;
+
+const fn gpr(idx: usize, shift: u8, mask: u64, zero_extends: bool) -> RegEntry {
+    RegEntry {
+        kind: KIND_GPR,
+        idx: idx as u8,
+        shift,
+        zero_extends,
+        mask,
+    }
+}
+
+const fn reg_entry(n: usize) -> RegEntry {
+    let none = RegEntry {
+        kind: KIND_NONE,
+        idx: 0,
+        shift: 0,
+        zero_extends: false,
+        mask: 0,
+    };
+    // The numbering of `iced_x86::Register`: AL..BL, AH..BH, SPL..R15L,
+    // AX..R15W, EAX..R15D, RAX..R15, EIP, RIP, ES..GS.
+    match n {
+        1..=4 => gpr(n - 1, 0, 0xff, false),
+        5..=8 => gpr(n - 5, 8, 0xff, false),
+        9..=20 => gpr(n - 5, 0, 0xff, false),
+        21..=36 => gpr(n - 21, 0, 0xffff, false),
+        37..=52 => gpr(n - 37, 0, 0xffff_ffff, true),
+        53..=68 => gpr(n - 53, 0, u64::MAX, true),
+        69 | 70 => RegEntry {
+            kind: KIND_IP,
+            ..none
+        },
+        71..=76 => RegEntry {
+            kind: KIND_SEG,
+            idx: (n - 71) as u8,
+            ..none
+        },
+        _ => none,
+    }
+}
+
+const REGS: [RegEntry; 256] = {
+    let mut t = [reg_entry(0); 256];
+    let mut n = 0;
+    while n < 256 {
+        t[n] = reg_entry(n);
+        n += 1;
+    }
+    t
+};
+
 impl Cpu {
     /// Reads a general-purpose or segment register (zero-extended).
     #[inline(always)]
     pub(crate) fn get_reg(&self, r: Register) -> u64 {
-        let n = r as usize;
-        match n {
-            1..=4 => self.gpr[n - 1] & 0xff,
-            5..=8 => (self.gpr[n - 5] >> 8) & 0xff,
-            9..=20 => self.gpr[n - 5] & 0xff,
-            21..=36 => self.gpr[n - 21] & 0xffff,
-            37..=52 => self.gpr[n - 37] & 0xffff_ffff,
-            53..=68 => self.gpr[n - 53],
-            69 | 70 => self.rip,
-            71..=76 => self.seg[n - 71].selector as u64,
+        let e = REGS[r as usize & 0xff];
+        match e.kind {
+            KIND_GPR => (self.gpr[e.idx as usize & 15] >> e.shift) & e.mask,
+            KIND_IP => self.rip,
+            KIND_SEG => self.seg[e.idx as usize % 6].selector as u64,
             _ => 0,
         }
     }
@@ -42,16 +103,16 @@ impl Cpu {
     /// zero the upper half; 8/16-bit writes merge).
     #[inline(always)]
     pub(crate) fn set_reg(&mut self, r: Register, v: u64) {
-        let n = r as usize;
-        match n {
-            1..=4 => self.gpr[n - 1] = (self.gpr[n - 1] & !0xff) | (v & 0xff),
-            5..=8 => self.gpr[n - 5] = (self.gpr[n - 5] & !0xff00) | ((v & 0xff) << 8),
-            9..=20 => self.gpr[n - 5] = (self.gpr[n - 5] & !0xff) | (v & 0xff),
-            21..=36 => self.gpr[n - 21] = (self.gpr[n - 21] & !0xffff) | (v & 0xffff),
-            37..=52 => self.gpr[n - 37] = v & 0xffff_ffff,
-            53..=68 => self.gpr[n - 53] = v,
-            _ => {}
+        let e = REGS[r as usize & 0xff];
+        if e.kind != KIND_GPR {
+            return;
         }
+        let g = &mut self.gpr[e.idx as usize & 15];
+        *g = if e.zero_extends {
+            v & e.mask
+        } else {
+            (*g & !(e.mask << e.shift)) | ((v & e.mask) << e.shift)
+        };
     }
 
     /// Writes the low `size` bytes of GPR `idx` with x86 merge semantics.
