@@ -24,6 +24,13 @@ pub(crate) struct Insn {
     pub osize: u8,
     /// Address-size mask for memory operands (0xffff, 0xffff_ffff or all ones).
     pub amask: u64,
+    /// Base register of the memory operand (`None` also for RIP-relative
+    /// operands, whose displacement iced already made absolute).
+    pub ea_base: Register,
+    /// Index register of the memory operand, or `None`.
+    pub ea_index: Register,
+    /// log2 of the index scale.
+    pub ea_shift: u8,
 }
 
 const MAX_BLOCK: usize = 64;
@@ -335,6 +342,12 @@ fn make_insn(ins: Instruction, bitness: u32, smp: bool) -> Insn {
         inner: handler,
         osize: op_size(&ins),
         amask: addr_mask(&ins, bitness),
+        ea_base: match ins.memory_base() {
+            Register::RIP | Register::EIP => Register::None,
+            r => r,
+        },
+        ea_index: ins.memory_index(),
+        ea_shift: ins.memory_index_scale().trailing_zeros() as u8,
         ins,
     }
 }

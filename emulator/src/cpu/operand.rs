@@ -129,17 +129,12 @@ impl Cpu {
     /// Effective address (offset within the segment) of the memory operand.
     #[inline(always)]
     pub(crate) fn ea(&self, d: &Insn) -> u64 {
-        let ins = &d.ins;
-        let mut a = ins.memory_displacement64();
-        let base = ins.memory_base();
-        if base != Register::None && base != Register::RIP && base != Register::EIP {
-            a = a.wrapping_add(self.get_reg(base));
-        }
-        let index = ins.memory_index();
-        if index != Register::None {
-            a = a.wrapping_add(self.get_reg(index) << ins.memory_index_scale().trailing_zeros());
-        }
-        a & d.amask
+        // `None` registers read as 0 (see `REGS`).
+        d.ins
+            .memory_displacement64()
+            .wrapping_add(self.get_reg(d.ea_base))
+            .wrapping_add(self.get_reg(d.ea_index) << d.ea_shift)
+            & d.amask
     }
 
     /// Segment index used by the memory operand.
