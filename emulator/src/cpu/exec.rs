@@ -31,6 +31,14 @@ pub(crate) struct Insn {
     pub ea_index: Register,
     /// log2 of the index scale.
     pub ea_shift: u8,
+    /// Condition code (0..15, the low nibble of Jcc's opcode) of
+    /// Jcc/SETcc/CMOVcc.
+    pub cc: u8,
+    /// Which operand `imm` belongs to (0xff: none).
+    pub imm_op: u8,
+    /// That operand's value: an immediate as encoded (sign-extended), or a
+    /// near branch's target.
+    pub imm: u64,
 }
 
 const MAX_BLOCK: usize = 64;
@@ -331,8 +339,28 @@ fn unimplemented(cpu: &mut Cpu, d: &Insn) -> R {
     Err(cpu.unimplemented(&d.ins))
 }
 
+/// The first immediate or near-branch operand: (index, value).
+fn first_imm(ins: &Instruction) -> Option<(u8, u64)> {
+    (0..ins.op_count()).find_map(|i| match ins.op_kind(i) {
+        OpKind::Immediate8
+        | OpKind::Immediate16
+        | OpKind::Immediate32
+        | OpKind::Immediate64
+        | OpKind::Immediate8to16
+        | OpKind::Immediate8to32
+        | OpKind::Immediate8to64
+        | OpKind::Immediate32to64
+        | OpKind::Immediate8_2nd => Some((i as u8, ins.immediate(i))),
+        OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {
+            Some((i as u8, ins.near_branch_target()))
+        }
+        _ => None,
+    })
+}
+
 fn make_insn(ins: Instruction, bitness: u32, smp: bool) -> Insn {
     let handler = lookup(&ins);
+    let imm = first_imm(&ins);
     Insn {
         handler: if smp && super::atomic::is_locked(&ins) {
             super::atomic::locked
@@ -348,6 +376,9 @@ fn make_insn(ins: Instruction, bitness: u32, smp: bool) -> Insn {
         },
         ea_index: ins.memory_index(),
         ea_shift: ins.memory_index_scale().trailing_zeros() as u8,
+        cc: (ins.condition_code() as u8).wrapping_sub(1) & 0xf,
+        imm_op: imm.map_or(0xff, |(i, _)| i),
+        imm: imm.map_or(0, |(_, v)| v),
         ins,
     }
 }

@@ -191,7 +191,14 @@ impl Cpu {
             | OpKind::Immediate8to32
             | OpKind::Immediate8to64
             | OpKind::Immediate32to64
-            | OpKind::Immediate8_2nd => Ok(d.ins.immediate(i) & super::flags::size_mask(size)),
+            | OpKind::Immediate8_2nd => {
+                let v = if i == d.imm_op as u32 {
+                    d.imm
+                } else {
+                    d.ins.immediate(i)
+                };
+                Ok(v & super::flags::size_mask(size))
+            }
             _ => Err(Exc::UD),
         }
     }

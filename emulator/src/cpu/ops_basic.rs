@@ -376,7 +376,7 @@ pub(crate) fn canonical(a: u64) -> bool {
 }
 
 fn jmp_rel(c: &mut Cpu, d: &Insn) -> R {
-    branch(c, d.ins.near_branch_target())
+    branch(c, d.imm)
 }
 
 fn jmp_ind(c: &mut Cpu, d: &Insn) -> R {
@@ -390,7 +390,7 @@ fn call_rel(c: &mut Cpu, d: &Insn) -> R {
     let ret = c.rip;
     let sp = c.gpr[reg::RSP];
     c.push(s, ret)?;
-    branch(c, d.ins.near_branch_target()).inspect_err(|_| c.gpr[reg::RSP] = sp)
+    branch(c, d.imm).inspect_err(|_| c.gpr[reg::RSP] = sp)
 }
 
 fn call_ind(c: &mut Cpu, d: &Insn) -> R {
@@ -419,12 +419,12 @@ fn ret_near(c: &mut Cpu, d: &Insn) -> R {
 
 #[inline(always)]
 fn cc(d: &Insn) -> u8 {
-    (d.ins.condition_code() as u8).wrapping_sub(1) & 0xf
+    d.cc
 }
 
 fn jcc(c: &mut Cpu, d: &Insn) -> R {
     if c.flags.cond(cc(d)) {
-        branch(c, d.ins.near_branch_target())
+        branch(c, d.imm)
     } else {
         Ok(())
     }
@@ -492,7 +492,7 @@ fn loop_(c: &mut Cpu, d: &Insn) -> R {
             _ => true,
         };
     if taken {
-        branch(c, d.ins.near_branch_target())?;
+        branch(c, d.imm)?;
     }
     c.set_gpr_sized(reg::RCX, s, cnt);
     Ok(())
@@ -501,7 +501,7 @@ fn loop_(c: &mut Cpu, d: &Insn) -> R {
 fn jcxz(c: &mut Cpu, d: &Insn) -> R {
     let s = counter_size(d);
     if c.gpr[reg::RCX] & size_mask(s) == 0 {
-        branch(c, d.ins.near_branch_target())
+        branch(c, d.imm)
     } else {
         Ok(())
     }
