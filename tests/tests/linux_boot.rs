@@ -1,8 +1,9 @@
 //! Debian's stock kernel with a busybox initramfs boots on the software CPU
 //! to the fixture's marker, with several vCPUs: it runs commands given on
 //! the kernel command line (and a static test program whose output must
-//! match the host's), serves an interactive shell on the serial port, and
-//! reboots (which ends the machine under `no_reboot`).
+//! match the host's) and reboots (which ends the machine under
+//! `no_reboot`). The interactive shell through `vireo run`'s stdin is
+//! `app/tests/linux_shell.rs`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -221,64 +222,6 @@ fn debian_kernel_boots_with_two_vcpus_and_real_programs_match_the_host() {
             .any(|l| l.starts_with("info:") && l.contains("distinct-cpus=2")),
         "threads did not spread over both vCPUs:\n{}",
         b.command_output()
-    );
-}
-
-/// Four vCPUs and 5 GiB of RAM, a gigabyte of it above the PCI hole (the
-/// guest must use it: its Normal zone lies entirely above 4 GiB).
-#[test]
-fn interactive_shell_on_four_vcpus_with_memory_above_4g() {
-    let cmdline = "console=ttyS0 quiet vireo.shell=1 vireo.cmd=true";
-    let mut cfg = config(4, cmdline, AccelKind::Soft);
-    cfg.memory = 5 << 30;
-    let handle = engine::start(&cfg).expect("start");
-    // Each step: what to wait for in the output, then what to type.
-    let steps = [
-        ("VIREO-CMD-END", "echo cpus=$(nproc) sum=$((6*7))\n"),
-        (
-            "sum=42",
-            // The keys are printed as two strings so the shell's echo of
-            // this line does not contain them.
-            "awk '/MemTotal/ {print \"mem\" \"total=\" $2}' /proc/meminfo; \
-             awk '/zone +Normal/ {z=1} z && /managed/ {print \"nor\" \"mal=\" $2; exit}' /proc/zoneinfo\n",
-        ),
-        ("normal=", "cat /sys/devices/system/cpu/online; reboot -f\n"),
-    ];
-    let mut next = 0;
-    let mut seen = 0;
-    let b = drive(handle, |text, h| {
-        if let Some((wait, typed)) = steps.get(next) {
-            if let Some(pos) = text[seen..].find(wait) {
-                seen += pos + wait.len();
-                h.send(engine::Command::SerialInput(typed.as_bytes().to_vec()));
-                next += 1;
-            }
-        }
-    });
-    let text = &b.serial;
-    assert_eq!(next, steps.len(), "the shell did not answer:\n{text}");
-    assert!(text.contains("cpus=4 sum=42"), "serial output:\n{text}");
-    let field = |key: &str| -> u64 {
-        text.rsplit(key)
-            .next()
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    assert!(
-        field("memtotal=") > 4_800_000,
-        "MemTotal (kB); serial output:\n{text}"
-    );
-    // Pages managed in the Normal zone (all above 4 GiB): > 200 MiB.
-    assert!(
-        field("normal=") > 50_000,
-        "Normal zone pages; serial output:\n{text}"
-    );
-    assert!(text.contains("0-3"), "online CPUs; serial output:\n{text}");
-    assert_eq!(
-        b.stop,
-        Some(StopReason::GuestReset),
-        "serial output:\n{text}"
     );
 }
 
