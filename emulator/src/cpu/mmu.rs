@@ -524,7 +524,7 @@ impl Cpu {
     pub(crate) fn check_segment(&self, seg: usize, off: u64, size: u8, write: bool) -> R {
         let s = &self.seg[seg];
         // Present, writable, expand-up data spanning 4 GiB: nothing to check.
-        if s.limit == u32::MAX && s.attr & 0x9e == 0x92 || self.mode64() {
+        if self.mode64() || s.limit == u32::MAX && s.attr & 0x9e == 0x92 {
             return Ok(());
         }
         self.check_segment_slow(seg, off, size, write)
