@@ -342,15 +342,7 @@ fn unimplemented(cpu: &mut Cpu, d: &Insn) -> R {
 /// The first immediate or near-branch operand: (index, value).
 fn first_imm(ins: &Instruction) -> Option<(u8, u64)> {
     (0..ins.op_count()).find_map(|i| match ins.op_kind(i) {
-        OpKind::Immediate8
-        | OpKind::Immediate16
-        | OpKind::Immediate32
-        | OpKind::Immediate64
-        | OpKind::Immediate8to16
-        | OpKind::Immediate8to32
-        | OpKind::Immediate8to64
-        | OpKind::Immediate32to64
-        | OpKind::Immediate8_2nd => Some((i as u8, ins.immediate(i))),
+        k if super::operand::is_immediate(k) => Some((i as u8, ins.immediate(i))),
         OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {
             Some((i as u8, ins.near_branch_target()))
         }

@@ -14,6 +14,23 @@ pub(crate) enum Loc {
     Mem(usize, u64),
 }
 
+/// True for the operand kinds that are immediates.
+#[inline(always)]
+pub(crate) fn is_immediate(k: OpKind) -> bool {
+    matches!(
+        k,
+        OpKind::Immediate8
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate64
+            | OpKind::Immediate8to16
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64
+            | OpKind::Immediate8_2nd
+    )
+}
+
 /// Segment index of an iced segment register (ES=0 … GS=5).
 #[inline(always)]
 pub(crate) fn seg_index(r: Register) -> usize {
@@ -183,15 +200,7 @@ impl Cpu {
                 let (s, off) = (self.mem_seg(d), self.ea(d));
                 self.read_mem(s, off, size)
             }
-            OpKind::Immediate8
-            | OpKind::Immediate16
-            | OpKind::Immediate32
-            | OpKind::Immediate64
-            | OpKind::Immediate8to16
-            | OpKind::Immediate8to32
-            | OpKind::Immediate8to64
-            | OpKind::Immediate32to64
-            | OpKind::Immediate8_2nd => {
+            k if is_immediate(k) => {
                 let v = if i == d.imm_op as u32 {
                     d.imm
                 } else {
