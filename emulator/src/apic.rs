@@ -84,23 +84,24 @@ impl ApicCell {
     pub fn with<T>(&self, f: impl FnOnce(&mut LocalApic) -> T) -> T {
         let mut l = lock(&self.lapic);
         let r = f(&mut l);
-        let (intr, event) = (l.has_interrupt(), l.has_event());
         let mut v = 0;
-        if intr {
+        if l.has_interrupt() {
             v |= IrqState::APIC_INTR;
         }
-        if event {
+        if l.has_event() {
             v |= IrqState::EVENT;
         }
         if l.pic_passthrough() {
             v |= IrqState::PASSTHROUGH;
         }
-        self.state.update(
+        let raised = self.state.update(
             IrqState::APIC_INTR | IrqState::EVENT | IrqState::PASSTHROUGH,
             v,
         );
         drop(l);
-        if intr || event {
+        // Only something newly pending can end a wait (a halted vCPU checks
+        // what is already pending before it waits).
+        if raised != 0 {
             self.waker.wake();
         }
         r
@@ -145,16 +146,6 @@ impl ApicRouter {
     /// The local APIC of vCPU `i`.
     pub fn apic(&self, i: usize) -> Option<&Arc<ApicCell>> {
         self.apics.get(i)
-    }
-
-    /// Number of local APICs.
-    pub fn len(&self) -> usize {
-        self.apics.len()
-    }
-
-    /// True if there are none.
-    pub fn is_empty(&self) -> bool {
-        self.apics.is_empty()
     }
 }
 

@@ -92,11 +92,11 @@ struct IntrLine {
 
 impl IrqLine for IntrLine {
     fn set_level(&self, level: bool) {
-        self.state.update(
+        let raised = self.state.update(
             IrqState::PIC_INTR,
             if level { IrqState::PIC_INTR } else { 0 },
         );
-        if level {
+        if raised != 0 {
             self.bsp.wake();
         }
     }

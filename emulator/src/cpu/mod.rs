@@ -415,9 +415,9 @@ impl IrqState {
     }
 
     /// Sets the raw inputs in `mask` to `value`'s bits and recomputes the
-    /// derived ones.
-    pub fn update(&self, mask: u8, value: u8) {
-        let _ = self
+    /// derived ones; returns the derived bits that were not set before.
+    pub fn update(&self, mask: u8, value: u8) -> u8 {
+        let old = self
             .0
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
                 let raw = (old & !mask) | (value & mask);
@@ -432,7 +432,9 @@ impl IrqState {
                     v |= PENDING_EVENT;
                 }
                 Some(v)
-            });
+            })
+            .unwrap_or_else(|v| v);
+        self.pending() & !old
     }
 }
 
