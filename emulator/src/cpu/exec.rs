@@ -51,6 +51,12 @@ pub(crate) struct Block {
     /// Blocks seen to follow this one in the same page: (RIP, block). Both
     /// lie in one physical page, so they leave the cache together.
     next: [std::cell::Cell<(u64, *const Block)>; 2],
+    /// 64-bit code (the translator handles only that).
+    mode64: bool,
+    /// Times run by the interpreter (u32::MAX: never translate).
+    hits: std::cell::Cell<u32>,
+    /// The translation, once the block got hot.
+    code: std::cell::Cell<Option<super::jit::JitFn>>,
 }
 
 // SAFETY: a block is used by the one vCPU whose cache holds it; the raw
@@ -60,11 +66,14 @@ unsafe impl Send for Block {}
 unsafe impl Sync for Block {}
 
 impl Block {
-    fn new(insns: Vec<Insn>, cached: bool) -> Self {
+    fn new(insns: Vec<Insn>, cached: bool, mode64: bool) -> Self {
         Block {
             insns,
             cached,
             next: Default::default(),
+            mode64,
+            hits: std::cell::Cell::new(0),
+            code: std::cell::Cell::new(None),
         }
     }
 
@@ -509,20 +518,33 @@ impl Cpu {
                     break;
                 }
             }
-            let b = Arc::new(Block::new(vec![make_insn(ins, bitness, self.smp)], false));
+            let b = Arc::new(Block::new(
+                vec![make_insn(ins, bitness, self.smp)],
+                false,
+                false,
+            ));
             let p = Arc::as_ptr(&b);
             self.cache.graveyard.push(b);
             return Ok(p);
         }
-        let block = Arc::new(Block::new(insns, true));
+        let block = Arc::new(Block::new(insns, true, bitness == 64));
         if self.code.mark(page) {
             self.tlb.flush_phys_writes(page);
             self.code.post_others(self.index, CodeMsg::Protect(page));
         }
-        if self.cache.map.len() > 1 << 16 {
+        if self.cache.map.len() > 1 << 16 || self.jit.as_ref().is_some_and(|j| j.full()) {
             // Pages stay marked (other vCPUs may hold their code); a write
             // to one just takes the slow path once.
             self.cache.clear();
+            if let Some(j) = self.jit.as_mut().filter(|j| j.full()) {
+                // SAFETY: every translated block just left the cache; the
+                // graveyard keeps them only until the next call, and no
+                // translated code is running (we are between blocks).
+                if let Err(e) = unsafe { j.reset() } {
+                    tracing::warn!("JIT: {e}; interpreting from now on");
+                    self.jit_hot = 0;
+                }
+            }
         }
         let p = Arc::as_ptr(&block);
         self.cache.map.insert(key, block);
@@ -629,11 +651,32 @@ impl Cpu {
             let b = unsafe { &*block };
             self.recent_blocks[self.recent_pos % 16] = self.rip;
             self.recent_pos = self.recent_pos.wrapping_add(1);
-            let ip_mask = self.ip_mask();
             let room = (limit - self.icount).min(usize::MAX as u64) as usize;
-            let mut done = 0u64;
             prev = block;
             prev_lin = lin;
+            if let Some(f) = b.code.get() {
+                if room >= b.insns.len() {
+                    // SAFETY: `f` was compiled from this block's
+                    // instructions, which stay alive while it runs (see
+                    // above), and its code lives until the translator is
+                    // reset, which drops every block first.
+                    let r = unsafe { f(self as *mut Cpu) };
+                    self.icount += r & 0xffff_ffff;
+                    if r & super::jit::EARLY != 0 {
+                        self.stop_block = false;
+                        prev = std::ptr::null();
+                    }
+                    continue;
+                }
+            } else if b.mode64 && self.jit_hot != 0 {
+                let h = b.hits.get().saturating_add(1);
+                b.hits.set(h);
+                if h == self.jit_hot {
+                    self.compile_block(b);
+                }
+            }
+            let ip_mask = self.ip_mask();
+            let mut done = 0u64;
             for d in b.insns.iter().take(room) {
                 self.rip = d.ins.next_ip() & ip_mask;
                 if let Err(e) = (d.handler)(self, d) {
@@ -651,6 +694,31 @@ impl Cpu {
                 }
             }
             self.icount += done;
+        }
+    }
+
+    /// Compiles a hot block (it runs translated from its next run).
+    #[cold]
+    fn compile_block(&mut self, b: &Block) {
+        if self.jit.is_none() {
+            match super::jit::Jit::new() {
+                Ok(j) => self.jit = Some(Box::new(j)),
+                Err(e) => {
+                    tracing::warn!("JIT unavailable ({e}): interpreting");
+                    self.jit_hot = 0;
+                    return;
+                }
+            }
+        }
+        let smp = self.smp;
+        if let Some(j) = self.jit.as_mut() {
+            match j.compile(&b.insns, smp) {
+                Ok(f) => b.code.set(Some(f)),
+                Err(e) => {
+                    tracing::warn!("JIT: block at {:#x} not translated: {e}", self.rip);
+                    b.hits.set(u32::MAX);
+                }
+            }
         }
     }
 

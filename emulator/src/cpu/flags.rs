@@ -41,8 +41,9 @@ pub const ID: u64 = 1 << 21;
 /// The six arithmetic flags.
 pub const ARITH: u64 = CF | PF | AF | ZF | SF | OF;
 
-/// What produced the current arithmetic flags.
+/// What produced the current arithmetic flags (one byte: the JIT stores it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum FlagOp {
     /// Flags are stored in `bits` as they are.
     Eager,
@@ -56,6 +57,11 @@ pub enum FlagOp {
     Inc,
     /// DEC: CF kept in `aux`.
     Dec,
+    /// SHL/SHR/SAR by a non-zero count: CF and OF at their RFLAGS positions
+    /// in `aux`; ZF/SF/PF from `res`; AF clear.
+    Shift,
+    /// IMUL: CF = OF = (`aux` != 0); SF/PF from `res`; ZF and AF clear.
+    Mul,
 }
 
 /// RFLAGS with lazily evaluated arithmetic bits.
@@ -159,7 +165,8 @@ impl Flags {
             FlagOp::Add => self.res < self.dst || (self.aux != 0 && self.res == self.dst),
             FlagOp::Sub => self.dst < self.src || (self.aux != 0 && self.dst == self.src),
             FlagOp::Logic => false,
-            FlagOp::Inc | FlagOp::Dec => self.aux != 0,
+            FlagOp::Inc | FlagOp::Dec | FlagOp::Mul => self.aux != 0,
+            FlagOp::Shift => self.aux & CF != 0,
         }
     }
     /// Zero flag.
@@ -167,6 +174,7 @@ impl Flags {
     pub fn zf(&self) -> bool {
         match self.op {
             FlagOp::Eager => self.bits & ZF != 0,
+            FlagOp::Mul => false,
             _ => self.res == 0,
         }
     }
@@ -192,7 +200,7 @@ impl Flags {
         match self.op {
             FlagOp::Eager => self.bits & AF != 0,
             FlagOp::Add | FlagOp::Sub => (self.dst ^ self.src ^ self.res) & 0x10 != 0,
-            FlagOp::Logic => false,
+            FlagOp::Logic | FlagOp::Shift | FlagOp::Mul => false,
             FlagOp::Inc => self.res & 0xf == 0,
             FlagOp::Dec => self.res & 0xf == 0xf,
         }
@@ -208,6 +216,8 @@ impl Flags {
             FlagOp::Logic => false,
             FlagOp::Inc => self.res == sb,
             FlagOp::Dec => self.res == sb - 1,
+            FlagOp::Shift => self.aux & OF != 0,
+            FlagOp::Mul => self.aux != 0,
         }
     }
 

@@ -16,10 +16,12 @@ pub enum Access {
 }
 
 const TLB_BITS: u32 = 10;
-const TLB_SIZE: usize = 1 << TLB_BITS;
+/// Entries per TLB table.
+pub(crate) const TLB_SIZE: usize = 1 << TLB_BITS;
 const INVALID: u64 = u64::MAX;
 
 #[derive(Clone, Copy)]
+#[repr(C)]
 pub(crate) struct TlbEntry {
     /// Linear page address, or INVALID.
     tag: u64,
@@ -41,6 +43,18 @@ const EMPTY: TlbEntry = TlbEntry {
 /// The software TLB: one direct-mapped table per (access kind, user/supervisor).
 pub(crate) struct Tlb {
     e: Box<[[TlbEntry; TLB_SIZE]; 6]>,
+}
+
+/// Where translated code finds the TLB: the offset of the table pointer in
+/// [`Tlb`], of the tag and addend in an entry, an entry's size, and the
+/// distance between the tables of two slots.
+pub(crate) mod layout {
+    use super::{Tlb, TlbEntry, TLB_SIZE};
+    pub(crate) const TABLES: usize = std::mem::offset_of!(Tlb, e);
+    pub(crate) const TAG: i32 = std::mem::offset_of!(TlbEntry, tag) as i32;
+    pub(crate) const ADDEND: i32 = std::mem::offset_of!(TlbEntry, addend) as i32;
+    pub(crate) const ENTRY: i64 = std::mem::size_of::<TlbEntry>() as i64;
+    pub(crate) const TABLE: i64 = ENTRY * TLB_SIZE as i64;
 }
 
 impl Tlb {

@@ -12,6 +12,7 @@ pub mod mmu;
 
 mod atomic;
 mod exec;
+mod jit;
 mod operand;
 mod ops_basic;
 mod ops_ext;
@@ -537,6 +538,13 @@ pub struct Cpu {
     pub last_exception: Option<Exc>,
     /// Vectors logged as unimplemented (each logged once).
     pub(crate) logged_ud: std::collections::HashSet<u32>,
+    /// The translator (made when the first block gets hot).
+    pub(crate) jit: Option<Box<jit::Jit>>,
+    /// Runs of a block before it is translated; 0: never translate.
+    pub(crate) jit_hot: u32,
+    /// Set by a translated block's memory helper when it delivered an
+    /// exception.
+    pub(crate) jit_fault: bool,
 }
 
 impl Cpu {
@@ -601,6 +609,9 @@ impl Cpu {
             last_exception: None,
             recent_blocks: [0; 16],
             recent_pos: 0,
+            jit: None,
+            jit_hot: jit::default_hot(),
+            jit_fault: false,
         };
         cpu.reset();
         cpu
@@ -667,6 +678,17 @@ impl Cpu {
         self.delivering = None;
         self.tlb.flush_all();
         self.cache.clear();
+    }
+
+    /// Turns the translator on (blocks run `hot` times are compiled to host
+    /// code; `Some(1)` compiles every block at its first run) or off.
+    pub fn set_jit(&mut self, hot: Option<u32>) {
+        self.jit_hot = hot.map_or(0, |h| h.max(1));
+    }
+
+    /// Blocks translated to host code so far.
+    pub fn jit_blocks(&self) -> u64 {
+        self.jit.as_ref().map_or(0, |j| j.blocks)
     }
 
     /// Connects the source of external interrupts.

@@ -1,0 +1,1381 @@
+//! The dynamic binary translator: hot blocks of 64-bit code compiled to host
+//! code with Cranelift.
+//!
+//! A decoded block that has run often enough is translated as a whole. The
+//! common integer instructions (moves, ALU, shifts by a constant, IMUL, LEA,
+//! stack, near branches, SETcc/CMOVcc) become host code, with the guest
+//! registers they use kept in host registers; every other instruction calls
+//! its interpreter handler. Memory accesses look up the software TLB inline
+//! and call into the MMU on a miss. Arithmetic flags stay lazy
+//! ([`super::flags`]) and are written back only before calls and exits.
+//!
+//! A translated block behaves exactly as the interpreter running the same
+//! instructions: the same results, the same exceptions at the same
+//! instruction with the same state, and the same early stop after a write
+//! to a page holding code.
+
+use super::exec::Insn;
+use super::flags::{FlagOp, Flags};
+use super::mmu::{layout as tlb, Access, Tlb};
+use super::{Cpu, Exc, Segment, FS, SS};
+use cranelift_codegen::ir::condcodes::CondCode;
+use cranelift_codegen::ir::{
+    condcodes::IntCC, types, AbiParam, Block, BlockArg, InstBuilder, MemFlagsData, SigRef, Type,
+    Value,
+};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, Module};
+use iced_x86::{Mnemonic as M, OpKind, Register};
+use std::mem::offset_of;
+
+/// Translated code for one block: takes the CPU, returns the number of
+/// instructions retired, with [`EARLY`] set when it stopped before the end.
+pub(crate) type JitFn = unsafe extern "C" fn(*mut Cpu) -> u64;
+
+/// Set in a translated block's result when it stopped early (an exception
+/// was delivered, or an instruction ended the block): the run loop must not
+/// chain from it.
+pub(crate) const EARLY: u64 = 1 << 32;
+
+/// Runs of a block before it is translated (compiling costs as much as
+/// interpreting some ten thousand instructions).
+pub(crate) const HOT: u32 = 50;
+
+/// The threshold from `VIREO_JIT` (`off`, or runs before translation),
+/// else [`HOT`].
+pub(crate) fn default_hot() -> u32 {
+    static HOT_ENV: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *HOT_ENV.get_or_init(|| match std::env::var("VIREO_JIT") {
+        Ok(v) if v == "off" || v == "0" => 0,
+        Ok(v) => v.parse().unwrap_or(HOT).max(1),
+        Err(_) => HOT,
+    })
+}
+
+/// Host code kept before the translator starts afresh.
+const MAX_CODE: usize = 96 << 20;
+
+/// The per-vCPU translator and the host code it made.
+pub(crate) struct Jit {
+    module: Option<JITModule>,
+    ctx: cranelift_codegen::Context,
+    fctx: FunctionBuilderContext,
+    code_bytes: usize,
+    /// Blocks translated (for statistics).
+    pub(crate) blocks: u64,
+}
+
+// SAFETY: the module's code and data are owned by this struct alone and
+// used only by the thread that currently owns the vCPU.
+unsafe impl Send for Jit {}
+
+fn new_module() -> Result<JITModule, String> {
+    let mut fb = settings::builder();
+    for (k, v) in [
+        ("opt_level", "speed"),
+        ("use_colocated_libcalls", "false"),
+        ("is_pic", "false"),
+    ] {
+        fb.set(k, v).map_err(|e| e.to_string())?;
+    }
+    let isa = cranelift_native::builder()
+        .map_err(|e| e.to_string())?
+        .finish(settings::Flags::new(fb))
+        .map_err(|e| e.to_string())?;
+    Ok(JITModule::new(JITBuilder::with_isa(
+        isa,
+        default_libcall_names(),
+    )))
+}
+
+impl Jit {
+    /// A translator for the host CPU.
+    pub(crate) fn new() -> Result<Self, String> {
+        let module = new_module()?;
+        let ctx = module.make_context();
+        Ok(Jit {
+            module: Some(module),
+            ctx,
+            fctx: FunctionBuilderContext::new(),
+            code_bytes: 0,
+            blocks: 0,
+        })
+    }
+
+    /// True when the code memory is used up: the caller must drop every
+    /// translated block and call [`Jit::reset`].
+    pub(crate) fn full(&self) -> bool {
+        self.code_bytes > MAX_CODE
+    }
+
+    /// Frees all host code.
+    ///
+    /// # Safety
+    /// No [`JitFn`] this translator returned may run again.
+    pub(crate) unsafe fn reset(&mut self) -> Result<(), String> {
+        if let Some(m) = self.module.take() {
+            // SAFETY: the caller guarantees no translated code runs again.
+            unsafe { m.free_memory() };
+        }
+        self.module = Some(new_module()?);
+        self.code_bytes = 0;
+        Ok(())
+    }
+
+    /// Translates a block of 64-bit code (`smp`: LOCKed instructions must
+    /// stay atomic, so they go to the interpreter).
+    pub(crate) fn compile(&mut self, insns: &[Insn], smp: bool) -> Result<JitFn, String> {
+        let module = self.module.as_mut().ok_or("no module")?;
+        module.clear_context(&mut self.ctx);
+        let cfg = module.target_config();
+        let ptr = cfg.pointer_type();
+        let mut sig = module.make_signature();
+        sig.params.push(AbiParam::new(ptr));
+        sig.returns.push(AbiParam::new(types::I64));
+        self.ctx.func.signature = sig.clone();
+        {
+            let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+            let sigs = Sigs::new(&mut b, module);
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            let cpu = b.block_params(entry)[0];
+            let mut t = Tx::new(b, cpu, sigs, smp);
+            t.block(insns);
+            t.b.seal_all_blocks();
+            t.b.finalize(cfg);
+        }
+        let id = module
+            .declare_anonymous_function(&sig)
+            .map_err(|e| e.to_string())?;
+        module
+            .define_function(id, &mut self.ctx)
+            .map_err(|e| format!("{e:?}"))?;
+        self.code_bytes += self
+            .ctx
+            .compiled_code()
+            .map_or(0, |c| c.code_info().total_size as usize);
+        module.clear_context(&mut self.ctx);
+        module.finalize_definitions().map_err(|e| e.to_string())?;
+        let p = module.get_finalized_function(id);
+        self.blocks += 1;
+        // SAFETY: `p` is the entry of a function compiled with the signature
+        // of `JitFn` (one pointer argument, an i64 result, the platform's C
+        // calling convention), valid until `reset`.
+        Ok(unsafe { std::mem::transmute::<*const u8, JitFn>(p) })
+    }
+}
+
+/// Signatures of the helpers translated code calls.
+struct Sigs {
+    load: SigRef,
+    store: SigRef,
+    interp: SigRef,
+    cond: SigRef,
+}
+
+impl Sigs {
+    fn new(b: &mut FunctionBuilder, m: &JITModule) -> Self {
+        let mk = |params: &[Type], ret: Type| {
+            let mut s = m.make_signature();
+            s.params.extend(params.iter().map(|t| AbiParam::new(*t)));
+            s.returns.push(AbiParam::new(ret));
+            s
+        };
+        use types::{I32, I64};
+        Sigs {
+            load: b.import_signature(mk(&[I64, I32, I64, I32, I64], I64)),
+            store: b.import_signature(mk(&[I64, I32, I64, I32, I64, I64], I32)),
+            interp: b.import_signature(mk(&[I64, I64], I32)),
+            cond: b.import_signature(mk(&[I64, I32], I32)),
+        }
+    }
+}
+
+// ---- helpers called from translated code ----
+
+/// Raises `e` for the instruction at `ip` as the interpreter would.
+fn fault(c: &mut Cpu, ip: u64, e: Exc) {
+    c.rip = ip;
+    c.raise(e);
+    c.stop_block = false;
+}
+
+/// A load that missed the TLB (or crosses a page): the full MMU path. On an
+/// exception sets `jit_fault`.
+unsafe extern "C" fn h_load(cpu: *mut Cpu, seg: u32, lin: u64, size: u32, ip: u64) -> u64 {
+    // SAFETY: translated code passes the CPU it runs on, exclusively borrowed
+    // by the run loop for the duration of the call.
+    let c = unsafe { &mut *cpu };
+    let user = c.user();
+    match c
+        .check_canonical(seg as usize, lin)
+        .and_then(|_| c.read_lin(lin, size as u8, Access::Read, user))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            fault(c, ip, e);
+            c.jit_fault = true;
+            0
+        }
+    }
+}
+
+/// A store that missed the TLB: 0 done, 1 exception delivered, 2 done but
+/// the page held code (the block must stop after this instruction).
+unsafe extern "C" fn h_store(cpu: *mut Cpu, seg: u32, lin: u64, size: u32, v: u64, ip: u64) -> u32 {
+    // SAFETY: as in `h_load`.
+    let c = unsafe { &mut *cpu };
+    let user = c.user();
+    match c
+        .check_canonical(seg as usize, lin)
+        .and_then(|_| c.write_lin(lin, size as u8, v, user))
+    {
+        Ok(()) if c.stop_block => 2,
+        Ok(()) => 0,
+        Err(e) => {
+            fault(c, ip, e);
+            1
+        }
+    }
+}
+
+/// Runs one instruction in the interpreter, as the run loop does: 0 done,
+/// 1 exception delivered, 2 done and the block must stop.
+unsafe extern "C" fn h_interp(cpu: *mut Cpu, insn: *const Insn) -> u32 {
+    // SAFETY: as in `h_load`; `insn` points into the block being run, which
+    // stays alive (cached or in the graveyard) while it runs.
+    let (c, d) = unsafe { (&mut *cpu, &*insn) };
+    c.rip = d.ins.next_ip() & c.ip_mask();
+    match (d.handler)(c, d) {
+        Err(e) => {
+            fault(c, d.ins.ip(), e);
+            1
+        }
+        Ok(()) if c.stop_block => 2,
+        Ok(()) => 0,
+    }
+}
+
+/// Evaluates condition code `cc` from the flags in memory.
+unsafe extern "C" fn h_cond(cpu: *mut Cpu, cc: u32) -> u32 {
+    // SAFETY: as in `h_load`.
+    let c = unsafe { &*cpu };
+    c.flags.cond(cc as u8) as u32
+}
+
+// ---- the translator ----
+
+const GPR: i32 = offset_of!(Cpu, gpr) as i32;
+const RIP: i32 = offset_of!(Cpu, rip) as i32;
+const CPL: i32 = offset_of!(Cpu, cpl) as i32;
+const FAULT: i32 = offset_of!(Cpu, jit_fault) as i32;
+const TLB: i32 = (offset_of!(Cpu, tlb) + tlb::TABLES) as i32;
+const F_OP: i32 = (offset_of!(Cpu, flags) + offset_of!(Flags, op)) as i32;
+const F_SIZE: i32 = (offset_of!(Cpu, flags) + offset_of!(Flags, size)) as i32;
+const F_DST: i32 = (offset_of!(Cpu, flags) + offset_of!(Flags, dst)) as i32;
+const F_SRC: i32 = (offset_of!(Cpu, flags) + offset_of!(Flags, src)) as i32;
+const F_RES: i32 = (offset_of!(Cpu, flags) + offset_of!(Flags, res)) as i32;
+const F_AUX: i32 = (offset_of!(Cpu, flags) + offset_of!(Flags, aux)) as i32;
+
+fn seg_base(s: usize) -> i32 {
+    (offset_of!(Cpu, seg) + s * std::mem::size_of::<Segment>() + offset_of!(Segment, base)) as i32
+}
+
+const _: () = assert!(std::mem::size_of::<Tlb>() == std::mem::size_of::<usize>());
+
+/// The lazy flags of the last flag-setting instruction translated, as SSA
+/// values (see [`Flags`] for what each field means per op).
+#[derive(Clone, Copy)]
+struct Lazy {
+    op: FlagOp,
+    size: u8,
+    dst: Value,
+    src: Value,
+    res: Value,
+    aux: Value,
+}
+
+/// Where an operand lives.
+#[derive(Clone, Copy)]
+enum Loc {
+    Reg(Register),
+    /// Memory: segment index and linear address.
+    Mem(usize, Value),
+}
+
+/// A general-purpose register: (index, bit shift, size in bytes).
+fn gpr_of(r: Register) -> Option<(usize, i64, u8)> {
+    if !r.is_gpr() {
+        return None;
+    }
+    Some(match r {
+        Register::AH | Register::CH | Register::DH | Register::BH => {
+            (r as usize - Register::AH as usize, 8, 1)
+        }
+        _ => (
+            r.full_register() as usize - Register::RAX as usize,
+            0,
+            r.size() as u8,
+        ),
+    })
+}
+
+fn mask(size: u8) -> i64 {
+    super::flags::size_mask(size) as i64
+}
+
+fn int_type(size: u8) -> Type {
+    match size {
+        1 => types::I8,
+        2 => types::I16,
+        4 => types::I32,
+        _ => types::I64,
+    }
+}
+
+fn is_mem(k: OpKind) -> bool {
+    k == OpKind::Memory
+}
+
+fn is_imm(k: OpKind) -> bool {
+    super::operand::is_immediate(k)
+}
+
+/// True for a register operand that is a GPR.
+fn gpr_op(d: &Insn, i: u32) -> bool {
+    d.ins.op_kind(i) == OpKind::Register && gpr_of(d.ins.op_register(i)).is_some()
+}
+
+fn rm_op(d: &Insn, i: u32) -> bool {
+    gpr_op(d, i) || is_mem(d.ins.op_kind(i))
+}
+
+fn canonical(a: u64) -> bool {
+    super::ops_basic::canonical(a)
+}
+
+/// Whether the translator emits `d` itself (else it calls the interpreter).
+fn native(d: &Insn, smp: bool) -> bool {
+    let ins = &d.ins;
+    if smp && super::atomic::is_locked(ins) {
+        return false;
+    }
+    if ins.has_lock_prefix()
+        && !matches!(
+            ins.mnemonic(),
+            M::Add | M::Sub | M::And | M::Or | M::Xor | M::Inc | M::Dec
+        )
+    {
+        return false;
+    }
+    let s = d.osize;
+    let sized = matches!(s, 1 | 2 | 4 | 8);
+    let n = ins.op_count();
+    let mem_ok = (0..n).all(|i| !is_mem(ins.op_kind(i)) || ins.memory_size().size() <= 8);
+    if !mem_ok {
+        return false;
+    }
+    match ins.mnemonic() {
+        M::Nop => true,
+        M::Mov => {
+            n == 2
+                && sized
+                && rm_op(d, 0)
+                && (gpr_op(d, 1)
+                    || (is_mem(ins.op1_kind()) && !is_mem(ins.op0_kind()))
+                    || is_imm(ins.op1_kind()))
+        }
+        M::Movzx | M::Movsx | M::Movsxd => n == 2 && gpr_op(d, 0) && rm_op(d, 1) && sized,
+        M::Lea => gpr_op(d, 0) && is_mem(ins.op1_kind()) && matches!(s, 2 | 4 | 8),
+        M::Add | M::Sub | M::Cmp | M::And | M::Or | M::Xor | M::Test => {
+            n == 2
+                && sized
+                && rm_op(d, 0)
+                && (gpr_op(d, 1)
+                    || is_imm(ins.op1_kind())
+                    || (is_mem(ins.op1_kind()) && gpr_op(d, 0)))
+        }
+        M::Inc | M::Dec => n == 1 && sized && rm_op(d, 0),
+        M::Shl | M::Shr | M::Sar => {
+            if !(n == 2 && sized && rm_op(d, 0) && is_imm(ins.op1_kind())) {
+                return false;
+            }
+            let cnt = d.imm & if s == 8 { 63 } else { 31 };
+            cnt != 0 && cnt < s as u64 * 8
+        }
+        M::Imul => {
+            matches!(s, 2 | 4 | 8)
+                && gpr_op(d, 0)
+                && ((n == 2 && rm_op(d, 1)) || (n == 3 && rm_op(d, 1) && is_imm(ins.op2_kind())))
+        }
+        M::Push => {
+            n == 1
+                && ins.stack_pointer_increment() == -8
+                && (gpr_op(d, 0) && s == 8 || is_imm(ins.op0_kind()))
+        }
+        M::Pop => n == 1 && ins.stack_pointer_increment() == 8 && gpr_op(d, 0) && s == 8,
+        M::Jmp => ins.op0_kind() == OpKind::NearBranch64 && canonical(d.imm),
+        M::Call => {
+            ins.op0_kind() == OpKind::NearBranch64
+                && ins.stack_pointer_increment() == -8
+                && canonical(d.imm)
+        }
+        M::Ret => n == 0 && ins.stack_pointer_increment() == 8,
+        _ if ins.condition_code() != iced_x86::ConditionCode::None => match ins.mnemonic() {
+            M::Jo
+            | M::Jno
+            | M::Jb
+            | M::Jae
+            | M::Je
+            | M::Jne
+            | M::Jbe
+            | M::Ja
+            | M::Js
+            | M::Jns
+            | M::Jp
+            | M::Jnp
+            | M::Jl
+            | M::Jge
+            | M::Jle
+            | M::Jg => ins.op0_kind() == OpKind::NearBranch64 && canonical(d.imm),
+            M::Seto
+            | M::Setno
+            | M::Setb
+            | M::Setae
+            | M::Sete
+            | M::Setne
+            | M::Setbe
+            | M::Seta
+            | M::Sets
+            | M::Setns
+            | M::Setp
+            | M::Setnp
+            | M::Setl
+            | M::Setge
+            | M::Setle
+            | M::Setg => n == 1 && rm_op(d, 0),
+            M::Cmovo
+            | M::Cmovno
+            | M::Cmovb
+            | M::Cmovae
+            | M::Cmove
+            | M::Cmovne
+            | M::Cmovbe
+            | M::Cmova
+            | M::Cmovs
+            | M::Cmovns
+            | M::Cmovp
+            | M::Cmovnp
+            | M::Cmovl
+            | M::Cmovge
+            | M::Cmovle
+            | M::Cmovg => n == 2 && matches!(s, 2 | 4 | 8) && gpr_op(d, 0) && rm_op(d, 1),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// Register-cache state of one guest GPR.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RegState {
+    /// Not read yet: lives in memory only.
+    Unloaded,
+    /// The variable holds the value, as does memory.
+    Clean,
+    /// The variable holds a value memory does not have yet.
+    Dirty,
+}
+
+struct Tx<'f> {
+    b: FunctionBuilder<'f>,
+    cpu: Value,
+    sigs: Sigs,
+    smp: bool,
+    tlb_r: Value,
+    tlb_w: Value,
+    regs: [Variable; 16],
+    state: [RegState; 16],
+    /// Flags of the last flag-setting instruction, if translated here.
+    lazy: Option<Lazy>,
+    /// `lazy` is not in memory yet.
+    lazy_dirty: bool,
+    /// i8: a store in the current instruction hit a page holding code.
+    stop: Variable,
+    /// Index of the instruction being translated.
+    at: usize,
+}
+
+impl<'f> Tx<'f> {
+    fn new(mut b: FunctionBuilder<'f>, cpu: Value, sigs: Sigs, smp: bool) -> Self {
+        let trusted = MemFlagsData::trusted();
+        let regs = std::array::from_fn(|_| b.declare_var(types::I64));
+        let stop = b.declare_var(types::I8);
+        let zero = b.ins().iconst(types::I8, 0);
+        b.def_var(stop, zero);
+        // The TLB tables for this privilege level: data reads, then writes
+        // two tables further on.
+        let base = b.ins().load(types::I64, trusted, cpu, TLB);
+        let cpl = b.ins().load(types::I8, trusted, cpu, CPL);
+        let user = b.ins().icmp_imm_s(IntCC::Equal, cpl, 3);
+        let user = b.ins().uextend(types::I64, user);
+        let off = b.ins().imul_imm_s(user, tlb::TABLE);
+        let tlb_r = b.ins().iadd(base, off);
+        let tlb_w = b.ins().iadd_imm_s(tlb_r, 2 * tlb::TABLE);
+        Tx {
+            b,
+            cpu,
+            sigs,
+            smp,
+            tlb_r,
+            tlb_w,
+            regs,
+            state: [RegState::Unloaded; 16],
+            lazy: None,
+            lazy_dirty: false,
+            stop,
+            at: 0,
+        }
+    }
+
+    fn c64(&mut self, v: i64) -> Value {
+        self.b.ins().iconst(types::I64, v)
+    }
+
+    // -- guest registers --
+
+    fn gpr(&mut self, i: usize) -> Value {
+        if self.state[i] == RegState::Unloaded {
+            let v = self.b.ins().load(
+                types::I64,
+                MemFlagsData::trusted(),
+                self.cpu,
+                GPR + 8 * i as i32,
+            );
+            self.b.def_var(self.regs[i], v);
+            self.state[i] = RegState::Clean;
+        }
+        self.b.use_var(self.regs[i])
+    }
+
+    fn set_gpr(&mut self, i: usize, v: Value) {
+        self.b.def_var(self.regs[i], v);
+        self.state[i] = RegState::Dirty;
+    }
+
+    /// Register `r` (zero-extended).
+    fn reg(&mut self, r: Register) -> Value {
+        let Some((i, shift, size)) = gpr_of(r) else {
+            return self.c64(0);
+        };
+        let g = self.gpr(i);
+        let g = if shift != 0 {
+            self.b.ins().ushr_imm_s(g, shift)
+        } else {
+            g
+        };
+        if size < 8 {
+            self.b.ins().band_imm_s(g, mask(size))
+        } else {
+            g
+        }
+    }
+
+    /// Writes register `r` with x86 semantics (32-bit writes zero-extend,
+    /// 8/16-bit writes merge).
+    fn set_reg(&mut self, r: Register, v: Value) {
+        let Some((i, shift, size)) = gpr_of(r) else {
+            return;
+        };
+        let nv = match size {
+            8 => v,
+            4 => self.b.ins().band_imm_s(v, 0xffff_ffff),
+            _ => {
+                let g = self.gpr(i);
+                let keep = self.b.ins().band_imm_s(g, !(mask(size) << shift));
+                let mut x = self.b.ins().band_imm_s(v, mask(size));
+                if shift != 0 {
+                    x = self.b.ins().ishl_imm_s(x, shift);
+                }
+                self.b.ins().bor(keep, x)
+            }
+        };
+        self.set_gpr(i, nv);
+    }
+
+    // -- write-back at calls and exits --
+
+    /// Stores dirty registers and pending flags (the state stays as it is:
+    /// for a path that leaves the main one).
+    fn spill(&mut self) {
+        for i in 0..16 {
+            if self.state[i] == RegState::Dirty {
+                let v = self.b.use_var(self.regs[i]);
+                self.b
+                    .ins()
+                    .store(MemFlagsData::trusted(), v, self.cpu, GPR + 8 * i as i32);
+            }
+        }
+        if self.lazy_dirty {
+            if let Some(l) = self.lazy {
+                let t = MemFlagsData::trusted();
+                let op = self.b.ins().iconst(types::I8, l.op as u8 as i64);
+                let size = self.b.ins().iconst(types::I8, l.size as i64);
+                let cpu = self.cpu;
+                self.b.ins().store(t, op, cpu, F_OP);
+                self.b.ins().store(t, size, cpu, F_SIZE);
+                self.b.ins().store(t, l.dst, cpu, F_DST);
+                self.b.ins().store(t, l.src, cpu, F_SRC);
+                self.b.ins().store(t, l.res, cpu, F_RES);
+                self.b.ins().store(t, l.aux, cpu, F_AUX);
+            }
+        }
+    }
+
+    /// Spills on the main path: memory is up to date afterwards.
+    fn sync(&mut self) {
+        self.spill();
+        for s in self.state.iter_mut() {
+            if *s == RegState::Dirty {
+                *s = RegState::Clean;
+            }
+        }
+        self.lazy_dirty = false;
+    }
+
+    /// Ends the function: spills, sets RIP if given, returns `ret`.
+    fn exit(&mut self, rip: Option<Value>, ret: u64) {
+        self.spill();
+        if let Some(r) = rip {
+            self.b
+                .ins()
+                .store(MemFlagsData::trusted(), r, self.cpu, RIP);
+        }
+        let v = self.c64(ret as i64);
+        self.b.ins().return_(&[v]);
+    }
+
+    /// A new block on the side (the current one must be terminated before
+    /// switching back).
+    fn side(&mut self) -> Block {
+        self.b.create_block()
+    }
+
+    // -- memory --
+
+    /// Effective address (offset in the segment) of `d`'s memory operand.
+    fn ea(&mut self, d: &Insn) -> Value {
+        let mut v = self.c64(d.ins.memory_displacement64() as i64);
+        if d.ea_base != Register::None {
+            let r = self.reg(d.ea_base);
+            v = self.b.ins().iadd(v, r);
+        }
+        if d.ea_index != Register::None {
+            let r = self.reg(d.ea_index);
+            let r = self.b.ins().ishl_imm_s(r, d.ea_shift as i64);
+            v = self.b.ins().iadd(v, r);
+        }
+        if d.amask != u64::MAX {
+            v = self.b.ins().band_imm_s(v, d.amask as i64);
+        }
+        v
+    }
+
+    /// Segment and linear address of `d`'s memory operand (64-bit mode: only
+    /// FS and GS have a base).
+    fn mem(&mut self, d: &Insn) -> (usize, Value) {
+        let s = super::operand::seg_index(d.ins.memory_segment());
+        let mut v = self.ea(d);
+        if s >= FS {
+            let base =
+                self.b
+                    .ins()
+                    .load(types::I64, MemFlagsData::trusted(), self.cpu, seg_base(s));
+            v = self.b.ins().iadd(v, base);
+        }
+        (s, v)
+    }
+
+    /// The TLB entry for `lin` in `table` and whether it maps an access of
+    /// `size` bytes there.
+    fn tlb_hit(&mut self, table: Value, lin: Value, size: u8) -> (Value, Value) {
+        let idx = self.b.ins().ushr_imm_s(lin, 12);
+        let idx = self
+            .b
+            .ins()
+            .band_imm_s(idx, (super::mmu::TLB_SIZE - 1) as i64);
+        let off = self.b.ins().imul_imm_s(idx, tlb::ENTRY);
+        let ent = self.b.ins().iadd(table, off);
+        let tag = self
+            .b
+            .ins()
+            .load(types::I64, MemFlagsData::trusted(), ent, tlb::TAG);
+        let page = self.b.ins().band_imm_s(lin, !0xfff);
+        let mut hit = self.b.ins().icmp(IntCC::Equal, tag, page);
+        if size > 1 {
+            let o = self.b.ins().band_imm_s(lin, 0xfff);
+            let fits =
+                self.b
+                    .ins()
+                    .icmp_imm_s(IntCC::UnsignedLessThanOrEqual, o, 0x1000 - size as i64);
+            hit = self.b.ins().band(hit, fits);
+        }
+        (ent, hit)
+    }
+
+    /// Reads `size` bytes at linear `lin` (zero-extended to 64 bits); an
+    /// exception ends the block before the current instruction.
+    fn load(&mut self, seg: usize, lin: Value, size: u8, ip: u64) -> Value {
+        let (ent, hit) = self.tlb_hit(self.tlb_r, lin, size);
+        let fast = self.side();
+        let slow = self.side();
+        let merge = self.side();
+        let out = self.b.append_block_param(merge, types::I64);
+        self.b.ins().brif(hit, fast, &[], slow, &[]);
+
+        self.b.switch_to_block(fast);
+        let add = self
+            .b
+            .ins()
+            .load(types::I64, MemFlagsData::trusted(), ent, tlb::ADDEND);
+        let host = self.b.ins().iadd(lin, add);
+        let flags = MemFlagsData::new().with_notrap();
+        let v = self.b.ins().load(int_type(size), flags, host, 0);
+        let v = if size < 8 {
+            self.b.ins().uextend(types::I64, v)
+        } else {
+            v
+        };
+        self.b.ins().jump(merge, &[BlockArg::Value(v)]);
+
+        self.b.switch_to_block(slow);
+        self.spill();
+        let f = self.c64(h_load as *const () as usize as i64);
+        let seg = self.b.ins().iconst(types::I32, seg as i64);
+        let sz = self.b.ins().iconst(types::I32, size as i64);
+        let ipv = self.c64(ip as i64);
+        let call = self
+            .b
+            .ins()
+            .call_indirect(self.sigs.load, f, &[self.cpu, seg, lin, sz, ipv]);
+        let v = self.b.inst_results(call)[0];
+        let failed = self
+            .b
+            .ins()
+            .load(types::I8, MemFlagsData::trusted(), self.cpu, FAULT);
+        let fail = self.side();
+        self.b
+            .ins()
+            .brif(failed, fail, &[], merge, &[BlockArg::Value(v)]);
+
+        self.b.switch_to_block(fail);
+        let z = self.b.ins().iconst(types::I8, 0);
+        self.b
+            .ins()
+            .store(MemFlagsData::trusted(), z, self.cpu, FAULT);
+        let ret = self.at as u64 | EARLY;
+        let v = self.c64(ret as i64);
+        self.b.ins().return_(&[v]);
+
+        self.b.switch_to_block(merge);
+        out
+    }
+
+    /// Writes the low `size` bytes of `v` at linear `lin`; an exception ends
+    /// the block before the current instruction, a write to a page holding
+    /// code after it.
+    fn store(&mut self, seg: usize, lin: Value, size: u8, v: Value, ip: u64) {
+        let (ent, hit) = self.tlb_hit(self.tlb_w, lin, size);
+        let fast = self.side();
+        let slow = self.side();
+        let merge = self.side();
+        self.b.ins().brif(hit, fast, &[], slow, &[]);
+
+        self.b.switch_to_block(fast);
+        let add = self
+            .b
+            .ins()
+            .load(types::I64, MemFlagsData::trusted(), ent, tlb::ADDEND);
+        let host = self.b.ins().iadd(lin, add);
+        let nv = if size < 8 {
+            self.b.ins().ireduce(int_type(size), v)
+        } else {
+            v
+        };
+        self.b
+            .ins()
+            .store(MemFlagsData::new().with_notrap(), nv, host, 0);
+        self.b.ins().jump(merge, &[]);
+
+        self.b.switch_to_block(slow);
+        self.spill();
+        let f = self.c64(h_store as *const () as usize as i64);
+        let seg = self.b.ins().iconst(types::I32, seg as i64);
+        let sz = self.b.ins().iconst(types::I32, size as i64);
+        let ipv = self.c64(ip as i64);
+        let call =
+            self.b
+                .ins()
+                .call_indirect(self.sigs.store, f, &[self.cpu, seg, lin, sz, v, ipv]);
+        let st = self.b.inst_results(call)[0];
+        let fail = self.side();
+        let ok = self.side();
+        let is_exc = self.b.ins().icmp_imm_s(IntCC::Equal, st, 1);
+        self.b.ins().brif(is_exc, fail, &[], ok, &[]);
+
+        self.b.switch_to_block(fail);
+        let v = self.c64((self.at as u64 | EARLY) as i64);
+        self.b.ins().return_(&[v]);
+
+        self.b.switch_to_block(ok);
+        let code = self.b.ins().icmp_imm_s(IntCC::Equal, st, 2);
+        let old = self.b.use_var(self.stop);
+        let s = self.b.ins().bor(old, code);
+        self.b.def_var(self.stop, s);
+        self.b.ins().jump(merge, &[]);
+
+        self.b.switch_to_block(merge);
+    }
+
+    // -- operands --
+
+    fn loc(&mut self, d: &Insn, i: u32) -> Loc {
+        match d.ins.op_kind(i) {
+            OpKind::Register => Loc::Reg(d.ins.op_register(i)),
+            _ => {
+                let (s, lin) = self.mem(d);
+                Loc::Mem(s, lin)
+            }
+        }
+    }
+
+    fn read_loc(&mut self, d: &Insn, l: Loc, size: u8) -> Value {
+        match l {
+            Loc::Reg(r) => self.reg(r),
+            Loc::Mem(s, lin) => self.load(s, lin, size, d.ins.ip()),
+        }
+    }
+
+    fn write_loc(&mut self, d: &Insn, l: Loc, size: u8, v: Value) {
+        match l {
+            Loc::Reg(r) => self.set_reg(r, v),
+            Loc::Mem(s, lin) => self.store(s, lin, size, v, d.ins.ip()),
+        }
+    }
+
+    /// Operand `i` (register, memory or immediate) masked to `size`.
+    fn read(&mut self, d: &Insn, i: u32, size: u8) -> Value {
+        let k = d.ins.op_kind(i);
+        if is_imm(k) {
+            let v = if i == d.imm_op as u32 {
+                d.imm
+            } else {
+                d.ins.immediate(i)
+            };
+            return self.c64((v & super::flags::size_mask(size)) as i64);
+        }
+        let l = self.loc(d, i);
+        self.read_loc(d, l, size)
+    }
+
+    // -- flags --
+
+    fn set_lazy(&mut self, op: FlagOp, size: u8, dst: Value, src: Value, res: Value, aux: Value) {
+        self.lazy = Some(Lazy {
+            op,
+            size,
+            dst,
+            src,
+            res,
+            aux,
+        });
+        self.lazy_dirty = true;
+    }
+
+    fn narrow(&mut self, v: Value, size: u8) -> Value {
+        if size < 8 {
+            self.b.ins().ireduce(int_type(size), v)
+        } else {
+            v
+        }
+    }
+
+    fn neg_narrow(&mut self, v: Value, size: u8) -> Value {
+        let n = self.narrow(v, size);
+        self.b.ins().icmp_imm_s(IntCC::SignedLessThan, n, 0)
+    }
+
+    fn i8c(&mut self, v: bool) -> Value {
+        self.b.ins().iconst(types::I8, v as i64)
+    }
+
+    fn cf(&mut self, l: Lazy) -> Value {
+        match l.op {
+            FlagOp::Add => self.b.ins().icmp(IntCC::UnsignedLessThan, l.res, l.dst),
+            FlagOp::Sub => self.b.ins().icmp(IntCC::UnsignedLessThan, l.dst, l.src),
+            FlagOp::Logic | FlagOp::Eager => self.i8c(false),
+            FlagOp::Inc | FlagOp::Dec | FlagOp::Mul => {
+                self.b.ins().icmp_imm_s(IntCC::NotEqual, l.aux, 0)
+            }
+            FlagOp::Shift => {
+                let a = self.b.ins().band_imm_s(l.aux, 1);
+                self.b.ins().icmp_imm_s(IntCC::NotEqual, a, 0)
+            }
+        }
+    }
+
+    fn zf(&mut self, l: Lazy) -> Value {
+        if l.op == FlagOp::Mul {
+            return self.i8c(false);
+        }
+        self.b.ins().icmp_imm_s(IntCC::Equal, l.res, 0)
+    }
+
+    fn sf(&mut self, l: Lazy) -> Value {
+        self.neg_narrow(l.res, l.size)
+    }
+
+    fn of(&mut self, l: Lazy) -> Value {
+        let sb = super::flags::sign_bit(l.size) as i64;
+        match l.op {
+            FlagOp::Add => {
+                let a = self.b.ins().bxor(l.dst, l.res);
+                let b = self.b.ins().bxor(l.src, l.res);
+                let t = self.b.ins().band(a, b);
+                self.neg_narrow(t, l.size)
+            }
+            FlagOp::Sub => {
+                let a = self.b.ins().bxor(l.dst, l.src);
+                let b = self.b.ins().bxor(l.dst, l.res);
+                let t = self.b.ins().band(a, b);
+                self.neg_narrow(t, l.size)
+            }
+            FlagOp::Logic | FlagOp::Eager => self.i8c(false),
+            FlagOp::Inc => self.b.ins().icmp_imm_s(IntCC::Equal, l.res, sb),
+            FlagOp::Dec => self.b.ins().icmp_imm_s(IntCC::Equal, l.res, sb - 1),
+            FlagOp::Shift => {
+                let a = self.b.ins().band_imm_s(l.aux, super::flags::OF as i64);
+                self.b.ins().icmp_imm_s(IntCC::NotEqual, a, 0)
+            }
+            FlagOp::Mul => self.b.ins().icmp_imm_s(IntCC::NotEqual, l.aux, 0),
+        }
+    }
+
+    fn pf(&mut self, l: Lazy) -> Value {
+        let lo = self.b.ins().band_imm_s(l.res, 0xff);
+        let n = self.b.ins().popcnt(lo);
+        let odd = self.b.ins().band_imm_s(n, 1);
+        self.b.ins().icmp_imm_s(IntCC::Equal, odd, 0)
+    }
+
+    /// Condition `cc` (Jcc's low nibble) as an i8 0/1.
+    fn cond(&mut self, cc: u8) -> Value {
+        let Some(l) = self.lazy else {
+            let f = self.c64(h_cond as *const () as usize as i64);
+            let ccv = self.b.ins().iconst(types::I32, cc as i64);
+            let call = self
+                .b
+                .ins()
+                .call_indirect(self.sigs.cond, f, &[self.cpu, ccv]);
+            let r = self.b.inst_results(call)[0];
+            return self.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
+        };
+        let neg = cc & 1 != 0;
+        if l.op == FlagOp::Sub {
+            let (a, b) = (l.dst, l.src);
+            let direct = match cc >> 1 {
+                1 => Some((IntCC::UnsignedLessThan, false)),
+                2 => None,
+                3 => Some((IntCC::UnsignedLessThanOrEqual, false)),
+                6 => Some((IntCC::SignedLessThan, true)),
+                7 => Some((IntCC::SignedLessThanOrEqual, true)),
+                _ => None,
+            };
+            if let Some((c, signed)) = direct {
+                let c = if neg { c.complement() } else { c };
+                let (a, b) = if signed {
+                    (self.narrow(a, l.size), self.narrow(b, l.size))
+                } else {
+                    (a, b)
+                };
+                return self.b.ins().icmp(c, a, b);
+            }
+        }
+        let r = match cc >> 1 {
+            0 => self.of(l),
+            1 => self.cf(l),
+            2 => self.zf(l),
+            3 => {
+                let c = self.cf(l);
+                let z = self.zf(l);
+                self.b.ins().bor(c, z)
+            }
+            4 => self.sf(l),
+            5 => self.pf(l),
+            6 => {
+                let s = self.sf(l);
+                let o = self.of(l);
+                self.b.ins().bxor(s, o)
+            }
+            _ => {
+                let s = self.sf(l);
+                let o = self.of(l);
+                let x = self.b.ins().bxor(s, o);
+                let z = self.zf(l);
+                self.b.ins().bor(x, z)
+            }
+        };
+        if neg {
+            self.b.ins().bxor_imm_s(r, 1)
+        } else {
+            r
+        }
+    }
+
+    /// The current CF as an i64 0/1.
+    fn cf64(&mut self) -> Value {
+        let c = match self.lazy {
+            Some(l) => self.cf(l),
+            None => self.cond(2),
+        };
+        self.b.ins().uextend(types::I64, c)
+    }
+
+    // -- instructions --
+
+    fn block(&mut self, insns: &[Insn]) {
+        let n = insns.len();
+        let mut rip: Option<Value> = None;
+        let mut rip_set = false;
+        for (i, d) in insns.iter().enumerate() {
+            self.at = i;
+            if native(d, self.smp) {
+                let (r, stores) = self.native(d);
+                rip = r;
+                if stores {
+                    // A store hit a page holding code: stop after this
+                    // instruction (the run loop must not chain either).
+                    let st = self.b.use_var(self.stop);
+                    let stop = self.side();
+                    let cont = self.side();
+                    self.b.ins().brif(st, stop, &[], cont, &[]);
+                    self.b.switch_to_block(stop);
+                    let next = match rip {
+                        Some(r) => r,
+                        None => self.c64(d.ins.next_ip() as i64),
+                    };
+                    self.exit(Some(next), (i as u64 + 1) | EARLY);
+                    self.b.switch_to_block(cont);
+                }
+                rip_set = false;
+            } else {
+                self.sync();
+                let f = self.c64(h_interp as *const () as usize as i64);
+                let p = self.c64(d as *const Insn as usize as i64);
+                let call = self
+                    .b
+                    .ins()
+                    .call_indirect(self.sigs.interp, f, &[self.cpu, p]);
+                let st = self.b.inst_results(call)[0];
+                self.state = [RegState::Unloaded; 16];
+                self.lazy = None;
+                let out = self.side();
+                let cont = self.side();
+                self.b.ins().brif(st, out, &[], cont, &[]);
+                self.b.switch_to_block(out);
+                // 1 → stopped before this instruction, 2 → after it.
+                let st64 = self.b.ins().uextend(types::I64, st);
+                let r = self.b.ins().iadd_imm_s(st64, (i as i64 - 1) | EARLY as i64);
+                self.b.ins().return_(&[r]);
+                self.b.switch_to_block(cont);
+                rip = None;
+                rip_set = true;
+            }
+        }
+        let last = &insns[n - 1];
+        let final_rip = if rip_set {
+            None
+        } else {
+            Some(match rip {
+                Some(r) => r,
+                None => self.c64(last.ins.next_ip() as i64),
+            })
+        };
+        self.exit(final_rip, n as u64);
+    }
+
+    /// Emits a native instruction; returns the new RIP if it branches, and
+    /// whether it stores to memory.
+    fn native(&mut self, d: &Insn) -> (Option<Value>, bool) {
+        let ins = &d.ins;
+        let s = d.osize;
+        let mnem = ins.mnemonic();
+        let next = ins.next_ip();
+        match mnem {
+            M::Nop => {}
+            M::Mov => {
+                let v = self.read(d, 1, s);
+                let l = self.loc(d, 0);
+                self.write_loc(d, l, s, v);
+                return (None, matches!(l, Loc::Mem(..)));
+            }
+            M::Movzx | M::Movsx | M::Movsxd => {
+                let ss = match ins.op1_kind() {
+                    OpKind::Register => ins.op1_register().size() as u8,
+                    _ => ins.memory_size().size() as u8,
+                };
+                let mut v = self.read(d, 1, ss);
+                if mnem != M::Movzx && ss < 8 {
+                    let n = self.narrow(v, ss);
+                    v = self.b.ins().sextend(types::I64, n);
+                }
+                self.set_reg(ins.op0_register(), v);
+            }
+            M::Lea => {
+                let v = self.ea(d);
+                let v = if s < 8 {
+                    self.b.ins().band_imm_s(v, mask(s))
+                } else {
+                    v
+                };
+                self.set_reg(ins.op0_register(), v);
+            }
+            M::Add | M::Sub | M::Cmp | M::And | M::Or | M::Xor | M::Test => {
+                let l = self.loc(d, 0);
+                let a = self.read_loc(d, l, s);
+                let b = self.read(d, 1, s);
+                let r = match mnem {
+                    M::Add => self.b.ins().iadd(a, b),
+                    M::Sub | M::Cmp => self.b.ins().isub(a, b),
+                    M::And | M::Test => self.b.ins().band(a, b),
+                    M::Or => self.b.ins().bor(a, b),
+                    _ => self.b.ins().bxor(a, b),
+                };
+                let r = if s < 8 && matches!(mnem, M::Add | M::Sub | M::Cmp) {
+                    self.b.ins().band_imm_s(r, mask(s))
+                } else {
+                    r
+                };
+                let writes = !matches!(mnem, M::Cmp | M::Test);
+                if writes {
+                    self.write_loc(d, l, s, r);
+                }
+                let zero = self.c64(0);
+                let op = match mnem {
+                    M::Add => FlagOp::Add,
+                    M::Sub | M::Cmp => FlagOp::Sub,
+                    _ => FlagOp::Logic,
+                };
+                self.set_lazy(op, s, a, b, r, zero);
+                return (None, writes && matches!(l, Loc::Mem(..)));
+            }
+            M::Inc | M::Dec => {
+                let cf = self.cf64();
+                let l = self.loc(d, 0);
+                let a = self.read_loc(d, l, s);
+                let r = if mnem == M::Inc {
+                    self.b.ins().iadd_imm_s(a, 1)
+                } else {
+                    self.b.ins().iadd_imm_s(a, -1)
+                };
+                let r = if s < 8 {
+                    self.b.ins().band_imm_s(r, mask(s))
+                } else {
+                    r
+                };
+                self.write_loc(d, l, s, r);
+                let op = if mnem == M::Inc {
+                    FlagOp::Inc
+                } else {
+                    FlagOp::Dec
+                };
+                self.set_lazy(op, s, a, a, r, cf);
+                return (None, matches!(l, Loc::Mem(..)));
+            }
+            M::Shl | M::Shr | M::Sar => {
+                let w = s as i64 * 8;
+                let cnt = (d.imm & if s == 8 { 63 } else { 31 }) as i64;
+                let l = self.loc(d, 0);
+                let v = self.read_loc(d, l, s);
+                let (r, cf, of) = match mnem {
+                    M::Shl => {
+                        let r = self.b.ins().ishl_imm_s(v, cnt);
+                        let cf = self.b.ins().ushr_imm_s(v, w - cnt);
+                        let hi = self.b.ins().ushr_imm_s(v, w - 2);
+                        let m = self.b.ins().ushr_imm_s(v, w - 1);
+                        let o = self.b.ins().bxor(m, hi);
+                        (r, cf, o)
+                    }
+                    M::Shr => {
+                        let r = self.b.ins().ushr_imm_s(v, cnt);
+                        let cf = self.b.ins().ushr_imm_s(v, cnt - 1);
+                        let of = self.b.ins().ushr_imm_s(v, w - 1);
+                        (r, cf, of)
+                    }
+                    _ => {
+                        let sv = if s < 8 {
+                            let n = self.narrow(v, s);
+                            self.b.ins().sextend(types::I64, n)
+                        } else {
+                            v
+                        };
+                        let r = self.b.ins().sshr_imm_s(sv, cnt);
+                        let cf = self.b.ins().sshr_imm_s(sv, cnt - 1);
+                        let of = self.c64(0);
+                        (r, cf, of)
+                    }
+                };
+                let r = if s < 8 {
+                    self.b.ins().band_imm_s(r, mask(s))
+                } else {
+                    r
+                };
+                let cf = self.b.ins().band_imm_s(cf, 1);
+                let of = self.b.ins().band_imm_s(of, 1);
+                let of = self.b.ins().ishl_imm_s(of, 11);
+                let aux = self.b.ins().bor(cf, of);
+                self.write_loc(d, l, s, r);
+                self.set_lazy(FlagOp::Shift, s, v, v, r, aux);
+                return (None, matches!(l, Loc::Mem(..)));
+            }
+            M::Imul => {
+                let (a, b) = if ins.op_count() == 3 {
+                    (self.read(d, 1, s), self.read(d, 2, s))
+                } else {
+                    (self.reg(ins.op0_register()), self.read(d, 1, s))
+                };
+                let (lo, ovf) = if s == 8 {
+                    let lo = self.b.ins().imul(a, b);
+                    let hi = self.b.ins().smulhi(a, b);
+                    let sign = self.b.ins().sshr_imm_s(lo, 63);
+                    (lo, self.b.ins().icmp(IntCC::NotEqual, hi, sign))
+                } else {
+                    let na = self.narrow(a, s);
+                    let sa = self.b.ins().sextend(types::I64, na);
+                    let nb = self.narrow(b, s);
+                    let sb = self.b.ins().sextend(types::I64, nb);
+                    let p = self.b.ins().imul(sa, sb);
+                    let np = self.narrow(p, s);
+                    let sp = self.b.ins().sextend(types::I64, np);
+                    let lo = self.b.ins().band_imm_s(p, mask(s));
+                    (lo, self.b.ins().icmp(IntCC::NotEqual, sp, p))
+                };
+                let ovf = self.b.ins().uextend(types::I64, ovf);
+                self.set_reg(ins.op0_register(), lo);
+                self.set_lazy(FlagOp::Mul, s, a, b, lo, ovf);
+            }
+            M::Push => {
+                let v = self.read(d, 0, 8);
+                let sp = self.gpr(4);
+                let nsp = self.b.ins().iadd_imm_s(sp, -8);
+                self.store(SS, nsp, 8, v, ins.ip());
+                self.set_gpr(4, nsp);
+                return (None, true);
+            }
+            M::Pop => {
+                let sp = self.gpr(4);
+                let v = self.load(SS, sp, 8, ins.ip());
+                let nsp = self.b.ins().iadd_imm_s(sp, 8);
+                self.set_gpr(4, nsp);
+                self.set_reg(ins.op0_register(), v);
+            }
+            M::Jmp => return (Some(self.c64(d.imm as i64)), false),
+            M::Call => {
+                let ret = self.c64(next as i64);
+                let sp = self.gpr(4);
+                let nsp = self.b.ins().iadd_imm_s(sp, -8);
+                self.store(SS, nsp, 8, ret, ins.ip());
+                self.set_gpr(4, nsp);
+                return (Some(self.c64(d.imm as i64)), true);
+            }
+            M::Ret => {
+                let sp = self.gpr(4);
+                let t = self.load(SS, sp, 8, ins.ip());
+                let sh = self.b.ins().ishl_imm_s(t, 16);
+                let ext = self.b.ins().sshr_imm_s(sh, 16);
+                let ok = self.b.ins().icmp(IntCC::Equal, ext, t);
+                let bad = self.side();
+                let good = self.side();
+                self.b.ins().brif(ok, good, &[], bad, &[]);
+                // A non-canonical return address: the interpreter raises
+                // #GP with RSP unchanged.
+                self.b.switch_to_block(bad);
+                self.spill();
+                let f = self.c64(h_interp as *const () as usize as i64);
+                let p = self.c64(d as *const Insn as usize as i64);
+                self.b
+                    .ins()
+                    .call_indirect(self.sigs.interp, f, &[self.cpu, p]);
+                let v = self.c64((self.at as u64 | EARLY) as i64);
+                self.b.ins().return_(&[v]);
+                self.b.switch_to_block(good);
+                let nsp = self.b.ins().iadd_imm_s(sp, 8);
+                self.set_gpr(4, nsp);
+                return (Some(t), false);
+            }
+            _ => {
+                let cc = d.cc;
+                match mnem {
+                    M::Jo
+                    | M::Jno
+                    | M::Jb
+                    | M::Jae
+                    | M::Je
+                    | M::Jne
+                    | M::Jbe
+                    | M::Ja
+                    | M::Js
+                    | M::Jns
+                    | M::Jp
+                    | M::Jnp
+                    | M::Jl
+                    | M::Jge
+                    | M::Jle
+                    | M::Jg => {
+                        let c = self.cond(cc);
+                        let t = self.c64(d.imm as i64);
+                        let f = self.c64(next as i64);
+                        return (Some(self.b.ins().select(c, t, f)), false);
+                    }
+                    M::Seto
+                    | M::Setno
+                    | M::Setb
+                    | M::Setae
+                    | M::Sete
+                    | M::Setne
+                    | M::Setbe
+                    | M::Seta
+                    | M::Sets
+                    | M::Setns
+                    | M::Setp
+                    | M::Setnp
+                    | M::Setl
+                    | M::Setge
+                    | M::Setle
+                    | M::Setg => {
+                        let c = self.cond(cc);
+                        let v = self.b.ins().uextend(types::I64, c);
+                        let l = self.loc(d, 0);
+                        self.write_loc(d, l, 1, v);
+                        return (None, matches!(l, Loc::Mem(..)));
+                    }
+                    _ => {
+                        // CMOVcc: the source is read whatever the condition.
+                        let v = self.read(d, 1, s);
+                        let c = self.cond(cc);
+                        let cur = self.reg(ins.op0_register());
+                        let r = self.b.ins().select(c, v, cur);
+                        self.set_reg(ins.op0_register(), r);
+                    }
+                }
+            }
+        }
+        (None, false)
+    }
+}
+
+#[cfg(test)]
+mod tests;

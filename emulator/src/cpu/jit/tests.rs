@@ -1,0 +1,524 @@
+//! The translator against the interpreter: random blocks of 64-bit code run
+//! once interpreted and once translated from the same state must leave the
+//! same registers, flags, memory, exceptions and instruction count.
+
+use crate::bus::AddressSpace;
+use crate::cpu::{attr, cr0, cr4, efer, Cpu, CpuExit, Segment, CS, DS, ES, FS, GS, SS};
+use crate::memory::GuestRam;
+use iced_x86::{
+    Code, Encoder, Instruction, MemoryOperand, Mnemonic as M, OpCodeOperandKind as K, Register,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+
+const PML4: u64 = 0x10000;
+const IDT: u64 = 0x14000;
+const HANDLER: u64 = 0x15000;
+const GDT: u64 = 0x16000;
+const CODE: u64 = 0x20000;
+/// Branch targets: HLT all over.
+const LANDING: u64 = 0x21000;
+const DATA: u64 = 0x30000;
+// The page after DATA is not present: accesses reaching it fault.
+const STACK: u64 = 0x40000;
+const FS_BASE: u64 = 0x100;
+
+/// A CPU in 64-bit mode: identity-mapped 4 KiB pages over the first 2 MiB
+/// (only those the tests use), an IDT whose every exception handler halts.
+fn machine() -> Cpu {
+    let ram = GuestRam::new(4 << 20).expect("ram");
+    ram.write_bytes(PML4, &(0x11003u64).to_le_bytes());
+    ram.write_bytes(0x11000, &(0x12003u64).to_le_bytes());
+    ram.write_bytes(0x12000, &(0x13003u64).to_le_bytes());
+    // Only the pages the tests use are present: stray jumps and accesses
+    // fault.
+    let mapped = [IDT, HANDLER, GDT, CODE, LANDING, DATA, STACK];
+    for p in 0..512u64 {
+        let pte = if mapped.contains(&(p * 0x1000)) {
+            (p * 0x1000) | 3
+        } else {
+            0
+        };
+        ram.write_bytes(0x13000 + p * 8, &pte.to_le_bytes());
+    }
+    for v in 0..32u64 {
+        let mut g = [0u8; 16];
+        g[0..2].copy_from_slice(&(HANDLER as u16).to_le_bytes());
+        g[2..4].copy_from_slice(&8u16.to_le_bytes());
+        g[5] = 0x8e;
+        g[6..8].copy_from_slice(&((HANDLER >> 16) as u16).to_le_bytes());
+        ram.write_bytes(IDT + v * 16, &g);
+    }
+    ram.write_bytes(HANDLER, &[0xf4; 16]);
+    ram.write_bytes(LANDING, &[0xf4; 0x1000]);
+    ram.write_bytes(GDT + 8, &0x0020_9a00_0000_0000u64.to_le_bytes());
+    ram.write_bytes(GDT + 16, &0x00cf_9200_0000_ffffu64.to_le_bytes());
+    let space = Arc::new(AddressSpace::new(ram));
+    let mut cpu = Cpu::new(space);
+    cpu.cr3 = PML4;
+    cpu.cr4 |= cr4::PAE;
+    cpu.efer |= efer::LME | efer::LMA;
+    cpu.cr0 |= cr0::PE | cr0::PG;
+    cpu.seg[CS] = Segment {
+        selector: 8,
+        base: 0,
+        limit: 0xffff_ffff,
+        attr: attr::P | attr::S | attr::L | attr::G | 0xb,
+    };
+    for s in [ES, SS, DS, GS] {
+        cpu.seg[s] = Segment::flat32(16, false);
+    }
+    cpu.seg[FS] = Segment {
+        base: FS_BASE,
+        ..Segment::flat32(16, false)
+    };
+    cpu.gdtr.base = GDT;
+    cpu.gdtr.limit = 23;
+    cpu.idtr.base = IDT;
+    cpu.idtr.limit = 32 * 16 - 1;
+    cpu.flush_tlb(false);
+    cpu
+}
+
+const R64: [Register; 13] = [
+    Register::RAX,
+    Register::RCX,
+    Register::RDX,
+    Register::RBX,
+    Register::RBP,
+    Register::RSI,
+    Register::RDI,
+    Register::R8,
+    Register::R9,
+    Register::R10,
+    Register::R11,
+    Register::R12,
+    Register::R13,
+];
+
+fn reg(rng: &mut StdRng, size: usize) -> Register {
+    let r = R64[rng.gen_range(0..R64.len())];
+    let n = r as usize - Register::RAX as usize;
+    match size {
+        8 => r,
+        4 => Register::EAX + n as u32,
+        2 => Register::AX + n as u32,
+        _ => {
+            if n < 4 && rng.gen_bool(0.3) {
+                Register::AH + n as u32
+            } else if n < 4 {
+                Register::AL + n as u32
+            } else {
+                Register::SPL + (n - 4) as u32
+            }
+        }
+    }
+}
+
+fn mem(rng: &mut StdRng) -> MemoryOperand {
+    let disp = rng.gen_range(-16i64..0x1010);
+    match rng.gen_range(0..6) {
+        0 => MemoryOperand::with_base_index_scale_displ_size(
+            Register::R15,
+            Register::R14,
+            [1, 2, 4, 8][rng.gen_range(0..4)],
+            rng.gen_range(0..0x800),
+            4,
+        ),
+        1 => {
+            MemoryOperand::with_base_displ(Register::RIP, (DATA + rng.gen_range(0..0x1000)) as i64)
+        }
+        2 => MemoryOperand::new(
+            Register::R15,
+            Register::None,
+            1,
+            disp - FS_BASE as i64,
+            4,
+            false,
+            Register::FS,
+        ),
+        3 => MemoryOperand::with_base_displ(Register::R15D, disp),
+        _ => MemoryOperand::with_base_displ(Register::R15, disp),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Reg(Register),
+    Mem(MemoryOperand),
+    Imm(i64),
+}
+
+fn imm(rng: &mut StdRng, bits: u32) -> i64 {
+    let v: i64 = match rng.gen_range(0..4) {
+        0 => rng.gen_range(-2..3),
+        1 => rng.gen_range(0..70),
+        _ => rng.gen(),
+    };
+    if bits >= 64 {
+        v
+    } else {
+        (v << (64 - bits)) >> (64 - bits)
+    }
+}
+
+/// An operand for `k`, or `None` if the generator does not make such.
+fn operand(rng: &mut StdRng, k: K) -> Option<Op> {
+    let rm = |rng: &mut StdRng, size| {
+        if rng.gen_bool(0.4) {
+            Op::Mem(mem(rng))
+        } else {
+            Op::Reg(reg(rng, size))
+        }
+    };
+    Some(match k {
+        K::r8_or_mem => rm(rng, 1),
+        K::r16_or_mem => rm(rng, 2),
+        K::r32_or_mem => rm(rng, 4),
+        K::r64_or_mem => rm(rng, 8),
+        K::mem => Op::Mem(mem(rng)),
+        K::r8_reg | K::r8_opcode => Op::Reg(reg(rng, 1)),
+        K::r16_reg | K::r16_opcode | K::r16_rm => Op::Reg(reg(rng, 2)),
+        K::r32_reg | K::r32_opcode | K::r32_rm => Op::Reg(reg(rng, 4)),
+        K::r64_reg | K::r64_opcode | K::r64_rm => Op::Reg(reg(rng, 8)),
+        K::al => Op::Reg(Register::AL),
+        K::cl => Op::Reg(Register::CL),
+        K::ax => Op::Reg(Register::AX),
+        K::eax => Op::Reg(Register::EAX),
+        K::rax => Op::Reg(Register::RAX),
+        K::imm8 => Op::Imm(imm(rng, 8) & 0xff),
+        K::imm8_const_1 => Op::Imm(1),
+        K::imm8sex16 | K::imm8sex32 | K::imm8sex64 => Op::Imm(imm(rng, 8)),
+        K::imm16 => Op::Imm(imm(rng, 16) & 0xffff),
+        K::imm32 => Op::Imm(imm(rng, 32) & 0xffff_ffff),
+        K::imm32sex64 => Op::Imm(imm(rng, 32)),
+        K::imm64 => Op::Imm(imm(rng, 64)),
+        _ => return None,
+    })
+}
+
+fn build(code: Code, ops: &[Op]) -> Option<Instruction> {
+    use Op::*;
+    let r = match *ops {
+        [] => Ok(Instruction::with(code)),
+        [Reg(a)] => Instruction::with1(code, a),
+        [Mem(a)] => Instruction::with1(code, a),
+        [Imm(a)] => Instruction::with1(code, a as i32),
+        [Reg(a), Reg(b)] => Instruction::with2(code, a, b),
+        [Reg(a), Mem(b)] => Instruction::with2(code, a, b),
+        [Mem(a), Reg(b)] => Instruction::with2(code, a, b),
+        [Reg(a), Imm(b)] if code == Code::Mov_r64_imm64 => Instruction::with2(code, a, b as u64),
+        [Reg(a), Imm(b)] => Instruction::with2(code, a, b as i32),
+        [Mem(a), Imm(b)] => Instruction::with2(code, a, b as i32),
+        [Reg(a), Reg(b), Imm(c)] => Instruction::with3(code, a, b, c as i32),
+        [Reg(a), Mem(b), Imm(c)] => Instruction::with3(code, a, b, c as i32),
+        _ => return None,
+    };
+    r.ok()
+}
+
+/// Instructions the generator draws from: everything the translator emits
+/// itself, and some it leaves to the interpreter.
+fn codes() -> Vec<Code> {
+    let wanted = [
+        M::Mov,
+        M::Movzx,
+        M::Movsx,
+        M::Movsxd,
+        M::Lea,
+        M::Add,
+        M::Sub,
+        M::Cmp,
+        M::And,
+        M::Or,
+        M::Xor,
+        M::Test,
+        M::Inc,
+        M::Dec,
+        M::Shl,
+        M::Shr,
+        M::Sar,
+        M::Imul,
+        M::Push,
+        M::Pop,
+        M::Seto,
+        M::Setb,
+        M::Sete,
+        M::Setbe,
+        M::Sets,
+        M::Setp,
+        M::Setl,
+        M::Setle,
+        M::Setno,
+        M::Setae,
+        M::Setne,
+        M::Seta,
+        M::Setns,
+        M::Setnp,
+        M::Setge,
+        M::Setg,
+        M::Cmovo,
+        M::Cmovb,
+        M::Cmove,
+        M::Cmovbe,
+        M::Cmovs,
+        M::Cmovp,
+        M::Cmovl,
+        M::Cmovle,
+        M::Cmovno,
+        M::Cmovae,
+        M::Cmovne,
+        M::Cmova,
+        M::Cmovns,
+        M::Cmovnp,
+        M::Cmovge,
+        M::Cmovg,
+        M::Nop,
+        M::Adc,
+        M::Sbb,
+        M::Neg,
+        M::Not,
+        M::Rol,
+        M::Ror,
+        M::Bt,
+        M::Bswap,
+        M::Cqo,
+        M::Cdq,
+        M::Div,
+        M::Mul,
+        M::Stc,
+        M::Clc,
+        M::Cmc,
+    ];
+    Code::values()
+        .filter(|c| wanted.contains(&c.mnemonic()))
+        .filter(|c| {
+            let o = c.op_code();
+            o.mode64() && o.encoding() == iced_x86::EncodingKind::Legacy
+        })
+        .collect()
+}
+
+/// The branch (or HLT, or nothing) that ends a block.
+fn terminator(rng: &mut StdRng, ip: u64) -> Option<Instruction> {
+    let target = LANDING + rng.gen_range(0..0x1000);
+    match rng.gen_range(0..8) {
+        0 => Instruction::with_branch(Code::Jmp_rel32_64, target).ok(),
+        1 => Instruction::with_branch(Code::Call_rel32_64, target).ok(),
+        2 => Some(Instruction::with(Code::Retnq)),
+        3 => Some(Instruction::with(Code::Hlt)),
+        4 => None,
+        _ => {
+            let cc = [
+                Code::Jo_rel32_64,
+                Code::Jno_rel32_64,
+                Code::Jb_rel32_64,
+                Code::Jae_rel32_64,
+                Code::Je_rel32_64,
+                Code::Jne_rel32_64,
+                Code::Jbe_rel32_64,
+                Code::Ja_rel32_64,
+                Code::Js_rel32_64,
+                Code::Jns_rel32_64,
+                Code::Jp_rel32_64,
+                Code::Jnp_rel32_64,
+                Code::Jl_rel32_64,
+                Code::Jge_rel32_64,
+                Code::Jle_rel32_64,
+                Code::Jg_rel32_64,
+            ];
+            let _ = ip;
+            Instruction::with_branch(cc[rng.gen_range(0..16)], target).ok()
+        }
+    }
+}
+
+/// Random machine code for one block and its instruction count.
+fn random_block(rng: &mut StdRng, codes: &[Code]) -> (Vec<u8>, usize) {
+    let mut enc = Encoder::new(64);
+    let mut ip = CODE;
+    let mut n = 0;
+    let len = rng.gen_range(1..24);
+    while n < len {
+        let code = codes[rng.gen_range(0..codes.len())];
+        let o = code.op_code();
+        let Some(ops) = (0..o.op_count())
+            .map(|i| operand(rng, o.op_kind(i)))
+            .collect::<Option<Vec<_>>>()
+        else {
+            continue;
+        };
+        // Never write RSP, R14 or R15 explicitly (they hold the stack and
+        // the data addresses).
+        let Some(ins) = build(code, &ops) else {
+            continue;
+        };
+        if code.mnemonic() == M::Div && rng.gen_bool(0.7) {
+            continue;
+        }
+        if let Ok(l) = enc.encode(&ins, ip) {
+            ip += l as u64;
+            n += 1;
+        }
+    }
+    if let Some(t) = terminator(rng, ip) {
+        if enc.encode(&t, ip).is_ok() {
+            n += 1;
+        }
+    }
+    (enc.take_buffer(), n)
+}
+
+/// What a run leaves behind.
+#[derive(Debug, PartialEq, Eq)]
+struct Outcome {
+    gpr: [u64; 16],
+    rip: u64,
+    flags: u64,
+    data: Vec<u8>,
+    stack: Vec<u8>,
+    exception: Option<crate::cpu::Exc>,
+    cr2: u64,
+    icount: u64,
+    exit: CpuExit,
+}
+
+struct Start {
+    gpr: [u64; 16],
+    flags: u64,
+    data: Vec<u8>,
+    stack: Vec<u8>,
+}
+
+fn start(rng: &mut StdRng) -> Start {
+    let mut gpr: [u64; 16] = std::array::from_fn(|_| match rng.gen_range(0..4) {
+        0 => rng.gen_range(0..4),
+        1 => 1u64 << rng.gen_range(0..64),
+        _ => rng.gen(),
+    });
+    gpr[4] = STACK + 0x800;
+    gpr[14] = rng.gen_range(0..64);
+    gpr[15] = DATA;
+    let data: Vec<u8> = (0..0x1000).map(|_| rng.gen()).collect();
+    // Return addresses: mostly into the landing area.
+    let mut stack = vec![0u8; 0x1000];
+    for q in stack.chunks_mut(8) {
+        let v: u64 = if rng.gen_bool(0.8) {
+            LANDING + rng.gen_range(0..0x1000)
+        } else {
+            rng.gen()
+        };
+        q.copy_from_slice(&v.to_le_bytes());
+    }
+    let flags = rng.gen::<u64>() & (crate::cpu::flags::ARITH | crate::cpu::flags::DF);
+    Start {
+        gpr,
+        flags,
+        data,
+        stack,
+    }
+}
+
+fn run(cpu: &mut Cpu, s: &Start, n: usize, flush_tlb: bool) -> Outcome {
+    let ram = &cpu.space.ram;
+    ram.write_bytes(DATA, &s.data);
+    ram.write_bytes(STACK, &s.stack);
+    cpu.gpr = s.gpr;
+    cpu.flags.set(s.flags | 2);
+    cpu.rip = CODE;
+    cpu.halted = false;
+    cpu.shutdown = false;
+    cpu.last_exception = None;
+    cpu.cr2 = 0;
+    if flush_tlb {
+        cpu.flush_tlb(false);
+    }
+    let before = cpu.icount;
+    let pos = cpu.recent_pos;
+    let exit = cpu.run(n as u64 + 8);
+    if std::env::var("JIT_DEBUG").is_ok() {
+        let blocks: Vec<String> = (pos..cpu.recent_pos)
+            .map(|i| format!("{:#x}", cpu.recent_blocks[i % 16]))
+            .collect();
+        eprintln!("blocks {blocks:?} icount {}", cpu.icount - before);
+    }
+    let mut data = vec![0u8; 0x1000];
+    let mut stack = vec![0u8; 0x1000];
+    cpu.space.ram.read_bytes(DATA, &mut data);
+    cpu.space.ram.read_bytes(STACK, &mut stack);
+    Outcome {
+        gpr: cpu.gpr,
+        rip: cpu.rip,
+        flags: cpu.flags.get(),
+        data,
+        stack,
+        exception: cpu.last_exception,
+        cr2: cpu.cr2,
+        icount: cpu.icount - before,
+        exit,
+    }
+}
+
+fn disasm(code: &[u8]) -> String {
+    let mut d = iced_x86::Decoder::with_ip(64, code, CODE, iced_x86::DecoderOptions::NONE);
+    let mut s = String::new();
+    for ins in d.iter() {
+        s += &format!("  {:x}: {}\n", ins.ip(), ins);
+    }
+    s
+}
+
+#[test]
+fn translated_blocks_match_the_interpreter() {
+    let codes = codes();
+    assert!(codes.len() > 200, "only {} instruction forms", codes.len());
+    let mut cpu = machine();
+    cpu.set_jit(Some(1));
+    let mut rng = StdRng::seed_from_u64(0x7e57_0001);
+    let iters = 4000;
+    for it in 0..iters {
+        let (code, n) = random_block(&mut rng, &codes);
+        cpu.space.ram.write_bytes(CODE, &[0xf4; 0x1000]);
+        cpu.space.ram.write_bytes(CODE, &code);
+        cpu.cache.clear();
+        let s = start(&mut rng);
+        let flush = rng.gen_bool(0.5);
+        // The first run translates every block it meets and interprets
+        // them; the second runs the translations.
+        let compiled = cpu.jit_blocks();
+        let interp = run(&mut cpu, &s, n, true);
+        assert!(cpu.jit_blocks() > compiled, "nothing translated");
+        let jit = run(&mut cpu, &s, n, flush);
+        if interp != jit {
+            let diff: Vec<String> = (0..16)
+                .filter(|&i| interp.gpr[i] != jit.gpr[i])
+                .map(|i| format!("r{i}: {:#x} vs {:#x}", interp.gpr[i], jit.gpr[i]))
+                .collect();
+            panic!(
+                "iteration {it}: translated block differs (rax {:#x} r14 {:#x} start flags {:#x})\n{}interp rip={:#x} flags={:#x} exc={:?} n={} exit={:?}\njit    rip={:#x} flags={:#x} exc={:?} n={} exit={:?}\n{}\ndata same: {}, stack same: {}",
+                s.gpr[0],
+                s.gpr[14],
+                s.flags,
+                disasm(&{
+                    let mut m = vec![0u8; code.len() + 32];
+                    cpu.space.ram.read_bytes(CODE, &mut m);
+                    m
+                }),
+                interp.rip,
+                interp.flags,
+                interp.exception,
+                interp.icount,
+                interp.exit,
+                jit.rip,
+                jit.flags,
+                jit.exception,
+                jit.icount,
+                jit.exit,
+                diff.join("\n"),
+                interp.data == jit.data,
+                interp.stack == jit.stack,
+            );
+        }
+    }
+}
