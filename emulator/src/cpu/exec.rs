@@ -55,8 +55,13 @@ pub(crate) struct Block {
     mode64: bool,
     /// Times run by the interpreter (u32::MAX: never translate).
     hits: std::cell::Cell<u32>,
-    /// The translation, once the block got hot.
-    code: std::cell::Cell<Option<super::jit::JitFn>>,
+    /// The translation's entry (tail-call convention), 0 until the block
+    /// got hot.
+    code: std::cell::Cell<usize>,
+    /// Translated successors entered directly, for the RIPs in `link_rips`
+    /// (read by translated code).
+    links: [std::cell::Cell<usize>; 2],
+    link_rips: [std::cell::Cell<u64>; 2],
 }
 
 // SAFETY: a block is used by the one vCPU whose cache holds it; the raw
@@ -73,7 +78,12 @@ impl Block {
             next: Default::default(),
             mode64,
             hits: std::cell::Cell::new(0),
-            code: std::cell::Cell::new(None),
+            code: std::cell::Cell::new(0),
+            links: Default::default(),
+            link_rips: [
+                std::cell::Cell::new(u64::MAX),
+                std::cell::Cell::new(u64::MAX),
+            ],
         }
     }
 
@@ -201,6 +211,11 @@ impl SharedCode {
                 self.pending[i].store(true, Ordering::Release);
             }
         }
+    }
+
+    /// Address of vCPU `me`'s "messages waiting" flag (an `AtomicBool`).
+    pub(crate) fn pending_flag(&self, me: usize) -> usize {
+        &self.pending[me] as *const AtomicBool as usize
     }
 
     #[inline(always)]
@@ -556,6 +571,8 @@ impl Cpu {
     /// fault, or an exit request.
     pub fn run(&mut self, budget: u64) -> CpuExit {
         let limit = self.icount.saturating_add(budget);
+        self.jit_chain_limit = limit.saturating_sub(MAX_BLOCK as u64);
+        self.jit_poll_setup();
         // The block that last ran to its end, and the linear address it
         // started at (see the chaining below).
         let mut prev: *const Block = std::ptr::null();
@@ -652,23 +669,53 @@ impl Cpu {
             self.recent_blocks[self.recent_pos % 16] = self.rip;
             self.recent_pos = self.recent_pos.wrapping_add(1);
             let room = (limit - self.icount).min(usize::MAX as u64) as usize;
+            let (old_prev, old_lin) = (prev, prev_lin);
             prev = block;
             prev_lin = lin;
-            if let Some(f) = b.code.get() {
+            let code = if self.jit_skip {
+                self.jit_skip = false;
+                0
+            } else {
+                b.code.get()
+            };
+            if code != 0 {
+                if !old_prev.is_null() && (lin ^ old_lin) & !0xfff == 0 {
+                    // Translated code may enter this block directly from
+                    // the one before (same page, so same translation).
+                    // SAFETY: `old_prev` ran to its end just now: still
+                    // cached, as above.
+                    let p = unsafe { &*old_prev };
+                    if p.code.get() != 0 {
+                        for (r, l) in p.link_rips.iter().zip(&p.links) {
+                            if r.get() == self.rip {
+                                l.set(code);
+                            }
+                        }
+                    }
+                }
                 if room >= b.insns.len() {
-                    // SAFETY: `f` was compiled from this block's
+                    let enter = match &self.jit {
+                        Some(j) => j.enter,
+                        None => unreachable!("translated block without a translator"),
+                    };
+                    // SAFETY: `code` was compiled from this block's
                     // instructions, which stay alive while it runs (see
-                    // above), and its code lives until the translator is
-                    // reset, which drops every block first.
-                    let r = unsafe { f(self as *mut Cpu) };
-                    self.icount += r & 0xffff_ffff;
+                    // above), as do the blocks it enters through its links
+                    // (same page: they leave the cache together, and only
+                    // between blocks); the code lives until the translator
+                    // is reset, which drops every block first.
+                    let r = unsafe { enter(self as *mut Cpu, code) };
                     if r & super::jit::EARLY != 0 {
                         self.stop_block = false;
                         prev = std::ptr::null();
+                    } else {
+                        prev = self.jit_last as *const Block;
+                        // SAFETY: the last block run is alive, as above.
+                        prev_lin = unsafe { (&(*prev).insns)[0].ins.ip() };
                     }
                     continue;
                 }
-            } else if b.mode64 && self.jit_hot != 0 {
+            } else if b.mode64 && self.jit_hot != 0 && b.code.get() == 0 {
                 let h = b.hits.get().saturating_add(1);
                 b.hits.set(h);
                 if h == self.jit_hot {
@@ -712,8 +759,24 @@ impl Cpu {
         }
         let smp = self.smp;
         if let Some(j) = self.jit.as_mut() {
-            match j.compile(&b.insns, smp) {
-                Ok(f) => b.code.set(Some(f)),
+            let me = b as *const Block as usize;
+            let links = [
+                &b.links[0] as *const _ as usize,
+                &b.links[1] as *const _ as usize,
+            ];
+            // A panic in the code generator must not take the VM down: the
+            // block just stays interpreted.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                j.compile(&b.insns, smp, me, links)
+            }))
+            .unwrap_or_else(|_| Err("code generator panicked".into()));
+            match r {
+                Ok((code, rips)) => {
+                    b.code.set(code);
+                    for (c, r) in b.link_rips.iter().zip(rips) {
+                        c.set(r);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!("JIT: block at {:#x} not translated: {e}", self.rip);
                     b.hits.set(u32::MAX);

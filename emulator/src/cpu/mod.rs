@@ -391,6 +391,7 @@ pub trait InterruptController: Send + Sync {
 /// the CPU polls it at every block boundary without a call: raw inputs, and
 /// the [`PENDING_INTR`] / [`PENDING_EVENT`] bits derived from them.
 #[derive(Debug, Default)]
+#[repr(transparent)]
 pub struct IrqState(std::sync::atomic::AtomicU8);
 
 impl IrqState {
@@ -542,10 +543,26 @@ pub struct Cpu {
     pub(crate) jit: Option<Box<jit::Jit>>,
     /// Runs of a block before it is translated; 0: never translate.
     pub(crate) jit_hot: u32,
-    /// Set by a translated block's memory helper when it delivered an
-    /// exception.
-    pub(crate) jit_fault: bool,
+    /// Set by translated code that left a block for the interpreter (a
+    /// memory access off the fast path): the next block is interpreted.
+    pub(crate) jit_skip: bool,
+    /// The last translated block that ran to its end (a `*const Block`).
+    pub(crate) jit_last: usize,
+    /// Translated blocks enter their successor directly only while
+    /// `icount` is at most this (a block has at most 64 instructions).
+    pub(crate) jit_chain_limit: u64,
+    /// Bytes translated code polls before entering a successor (set at
+    /// each `run`): the exit request, this vCPU's code-message flag, and
+    /// the interrupt state (bit 0: INTR, bit 1: event).
+    pub(crate) jit_exit_ptr: usize,
+    pub(crate) jit_code_ptr: usize,
+    pub(crate) jit_irq_ptr: usize,
 }
+
+/// Interrupt state for a CPU whose controller publishes none: always look.
+static IRQ_UNKNOWN: u8 = PENDING_INTR | PENDING_EVENT;
+/// Interrupt state for a CPU with no interrupt controller.
+static IRQ_NONE: u8 = 0;
 
 impl Cpu {
     /// A CPU in the state after RESET (SDM vol. 3 §9.1.1), executing from
@@ -611,7 +628,12 @@ impl Cpu {
             recent_pos: 0,
             jit: None,
             jit_hot: jit::default_hot(),
-            jit_fault: false,
+            jit_skip: false,
+            jit_last: 0,
+            jit_chain_limit: 0,
+            jit_exit_ptr: &IRQ_NONE as *const u8 as usize,
+            jit_code_ptr: &IRQ_NONE as *const u8 as usize,
+            jit_irq_ptr: &IRQ_NONE as *const u8 as usize,
         };
         cpu.reset();
         cpu
@@ -689,6 +711,18 @@ impl Cpu {
     /// Blocks translated to host code so far.
     pub fn jit_blocks(&self) -> u64 {
         self.jit.as_ref().map_or(0, |j| j.blocks)
+    }
+
+    /// Points translated code at the flags it polls (they live behind
+    /// `Arc`s, so the addresses hold while this CPU holds them).
+    pub(crate) fn jit_poll_setup(&mut self) {
+        self.jit_exit_ptr = Arc::as_ptr(&self.exit_request) as usize;
+        self.jit_code_ptr = self.code.pending_flag(self.index);
+        self.jit_irq_ptr = match (&self.irq_state, &self.intc) {
+            (Some(s), _) => Arc::as_ptr(s) as usize,
+            (None, Some(_)) => &IRQ_UNKNOWN as *const u8 as usize,
+            (None, None) => &IRQ_NONE as *const u8 as usize,
+        };
     }
 
     /// Connects the source of external interrupts.

@@ -399,6 +399,9 @@ fn start(rng: &mut StdRng) -> Start {
     });
     gpr[4] = STACK + 0x800;
     gpr[14] = rng.gen_range(0..64);
+    if let Some(v) = R13.with(|r| r.get()) {
+        gpr[13] = v;
+    }
     gpr[15] = DATA;
     let data: Vec<u8> = (0..0x1000).map(|_| rng.gen()).collect();
     // Return addresses: mostly into the landing area.
@@ -420,7 +423,7 @@ fn start(rng: &mut StdRng) -> Start {
     }
 }
 
-fn run(cpu: &mut Cpu, s: &Start, n: usize, flush_tlb: bool) -> Outcome {
+fn run(cpu: &mut Cpu, s: &Start, budget: u64, flush_tlb: bool) -> Outcome {
     let ram = &cpu.space.ram;
     ram.write_bytes(DATA, &s.data);
     ram.write_bytes(STACK, &s.stack);
@@ -436,7 +439,7 @@ fn run(cpu: &mut Cpu, s: &Start, n: usize, flush_tlb: bool) -> Outcome {
     }
     let before = cpu.icount;
     let pos = cpu.recent_pos;
-    let exit = cpu.run(n as u64 + 8);
+    let exit = cpu.run(budget);
     if std::env::var("JIT_DEBUG").is_ok() {
         let blocks: Vec<String> = (pos..cpu.recent_pos)
             .map(|i| format!("{:#x}", cpu.recent_blocks[i % 16]))
@@ -469,56 +472,166 @@ fn disasm(code: &[u8]) -> String {
     s
 }
 
+/// Checks `code` (placed at `CODE`, `n` instructions long) from `runs`
+/// random start states: the interpreter against a CPU that translates every
+/// block it meets (its first run of a block is interpreted, later ones and
+/// loop iterations are translated, and blocks enter each other directly).
+fn check(
+    rng: &mut StdRng,
+    reference: &mut Cpu,
+    jit: &mut Cpu,
+    code: &[u8],
+    n: usize,
+    budget: u64,
+    it: usize,
+) {
+    for cpu in [&mut *reference, &mut *jit] {
+        cpu.space.ram.write_bytes(CODE, &[0xf4; 0x1000]);
+        cpu.space.ram.write_bytes(CODE, code);
+        cpu.cache.clear();
+    }
+    let s = start(rng);
+    let want = run(reference, &s, budget, true);
+    for pass in 0..2 {
+        let flush = pass == 0 || rng.gen_bool(0.5);
+        let got = run(jit, &s, budget, flush);
+        if want != got {
+            let diff: Vec<String> = (0..16)
+                .filter(|&i| want.gpr[i] != got.gpr[i])
+                .map(|i| format!("r{i}: {:#x} vs {:#x}", want.gpr[i], got.gpr[i]))
+                .collect();
+            panic!(
+                "iteration {it} pass {pass} ({n} instructions): translated code differs\n{}\ninterp rip={:#x} flags={:#x} exc={:?} n={} exit={:?}\njit    rip={:#x} flags={:#x} exc={:?} n={} exit={:?}\n{}\ndata same: {}, stack same: {}",
+                disasm(code),
+                want.rip,
+                want.flags,
+                want.exception,
+                want.icount,
+                want.exit,
+                got.rip,
+                got.flags,
+                got.exception,
+                got.icount,
+                got.exit,
+                diff.join("\n"),
+                want.data == got.data,
+                want.stack == got.stack,
+            );
+        }
+    }
+}
+
 #[test]
 fn translated_blocks_match_the_interpreter() {
     let codes = codes();
     assert!(codes.len() > 200, "only {} instruction forms", codes.len());
-    let mut cpu = machine();
-    cpu.set_jit(Some(1));
+    let mut reference = machine();
+    reference.set_jit(None);
+    let mut jit = machine();
+    jit.set_jit(Some(1));
     let mut rng = StdRng::seed_from_u64(0x7e57_0001);
-    let iters = 4000;
-    for it in 0..iters {
+    for it in 0..3000 {
         let (code, n) = random_block(&mut rng, &codes);
-        cpu.space.ram.write_bytes(CODE, &[0xf4; 0x1000]);
-        cpu.space.ram.write_bytes(CODE, &code);
-        cpu.cache.clear();
-        let s = start(&mut rng);
-        let flush = rng.gen_bool(0.5);
-        // The first run translates every block it meets and interprets
-        // them; the second runs the translations.
-        let compiled = cpu.jit_blocks();
-        let interp = run(&mut cpu, &s, n, true);
-        assert!(cpu.jit_blocks() > compiled, "nothing translated");
-        let jit = run(&mut cpu, &s, n, flush);
-        if interp != jit {
-            let diff: Vec<String> = (0..16)
-                .filter(|&i| interp.gpr[i] != jit.gpr[i])
-                .map(|i| format!("r{i}: {:#x} vs {:#x}", interp.gpr[i], jit.gpr[i]))
-                .collect();
-            panic!(
-                "iteration {it}: translated block differs (rax {:#x} r14 {:#x} start flags {:#x})\n{}interp rip={:#x} flags={:#x} exc={:?} n={} exit={:?}\njit    rip={:#x} flags={:#x} exc={:?} n={} exit={:?}\n{}\ndata same: {}, stack same: {}",
-                s.gpr[0],
-                s.gpr[14],
-                s.flags,
-                disasm(&{
-                    let mut m = vec![0u8; code.len() + 32];
-                    cpu.space.ram.read_bytes(CODE, &mut m);
-                    m
-                }),
-                interp.rip,
-                interp.flags,
-                interp.exception,
-                interp.icount,
-                interp.exit,
-                jit.rip,
-                jit.flags,
-                jit.exception,
-                jit.icount,
-                jit.exit,
-                diff.join("\n"),
-                interp.data == jit.data,
-                interp.stack == jit.stack,
-            );
-        }
+        check(
+            &mut rng,
+            &mut reference,
+            &mut jit,
+            &code,
+            n,
+            n as u64 + 8,
+            it,
+        );
     }
+    assert!(
+        jit.jit_blocks() > 3000,
+        "only {} blocks translated",
+        jit.jit_blocks()
+    );
+}
+
+/// Loops: a random body and `dec r13d; jnz` back to its start, so the
+/// translated block enters itself directly; the budget sometimes stops it
+/// half-way.
+#[test]
+fn translated_loops_match_the_interpreter() {
+    let codes = codes();
+    let mut reference = machine();
+    reference.set_jit(None);
+    let mut jit = machine();
+    jit.set_jit(Some(1));
+    let mut rng = StdRng::seed_from_u64(0x7e57_0002);
+    for it in 0..1500 {
+        let (mut code, n) = loop {
+            let (mut code, n) = random_block(&mut rng, &codes);
+            // Drop the terminator, keep a body that leaves R13 alone.
+            let mut dec =
+                iced_x86::Decoder::with_ip(64, &code, CODE, iced_x86::DecoderOptions::NONE);
+            let body: Vec<Instruction> = dec
+                .iter()
+                .filter(|i| matches!(i.flow_control(), iced_x86::FlowControl::Next))
+                .collect();
+            if body.iter().any(|i| {
+                i.op_count() > 0
+                    && i.op0_kind() == iced_x86::OpKind::Register
+                    && i.op0_register().full_register() == Register::R13
+            }) {
+                continue;
+            }
+            let mut enc = Encoder::new(64);
+            let mut ip = CODE;
+            for i in &body {
+                ip += enc.encode(i, ip).expect("re-encode") as u64;
+            }
+            code = enc.take_buffer();
+            break (code, body.len().max(n.min(body.len())));
+        };
+        let ip = CODE + code.len() as u64;
+        let mut enc = Encoder::new(64);
+        let dec13 = Instruction::with1(Code::Dec_rm32, Register::R13D).expect("dec");
+        let l = enc.encode(&dec13, ip).expect("encode") as u64;
+        let jnz = Instruction::with_branch(Code::Jne_rel32_64, CODE).expect("jnz");
+        enc.encode(&jnz, ip + l).expect("encode");
+        code.extend(enc.take_buffer());
+        let len = n + 2;
+        let iters = rng.gen_range(1..12u64);
+        let budget = if rng.gen_bool(0.3) {
+            rng.gen_range(1..len as u64 * iters + 8)
+        } else {
+            len as u64 * iters + 200
+        };
+        // R13 counts the iterations.
+        let mut seeded = StdRng::seed_from_u64(it as u64);
+        let _ = &mut seeded;
+        check_with_r13(
+            &mut rng,
+            &mut reference,
+            &mut jit,
+            &code,
+            len,
+            budget,
+            it,
+            iters,
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_with_r13(
+    rng: &mut StdRng,
+    reference: &mut Cpu,
+    jit: &mut Cpu,
+    code: &[u8],
+    n: usize,
+    budget: u64,
+    it: usize,
+    iters: u64,
+) {
+    R13.with(|r| r.set(Some(iters)));
+    check(rng, reference, jit, code, n, budget, it);
+    R13.with(|r| r.set(None));
+}
+
+thread_local! {
+    /// A fixed start value for R13 (the loop counter), if set.
+    static R13: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
 }
