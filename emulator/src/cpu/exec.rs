@@ -133,8 +133,42 @@ type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<KeyHasher>>;
 
 const FAST_SLOTS: usize = 4096;
 
+/// One entry of the jump cache: a RIP and the translated code for it.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(crate) struct JmpEntry {
+    pub(crate) rip: u64,
+    pub(crate) code: u64,
+    /// Valid only while this equals `CodeCache::jmp_gen`.
+    pub(crate) gen: u64,
+}
+
+/// Entries per privilege level in the jump cache.
+pub(crate) const JMP_SLOTS: usize = 4096;
+
+const NO_JMP: JmpEntry = JmpEntry {
+    rip: u64::MAX,
+    code: 0,
+    gen: 0,
+};
+
+/// The jump-cache slot of `rip`: the page picks one of 64 groups (so
+/// INVLPG clears one group), the offset a slot in it.
+#[inline(always)]
+pub(crate) fn jmp_slot(rip: u64) -> usize {
+    ((((rip >> 12) & 63) << 6) | (((rip >> 2) ^ (rip >> 8)) & 63)) as usize
+}
+
 /// Decoded blocks by (physical address, RIP, bitness).
 pub(crate) struct CodeCache {
+    /// Translated code by RIP, for supervisor then user mode, valid for the
+    /// current translations: what translated code looks up to enter the
+    /// next block without the run loop. Cleared with the TLB and whenever
+    /// blocks leave the cache.
+    pub(crate) jmp: Box<[[JmpEntry; JMP_SLOTS]; 2]>,
+    /// The generation of valid jump-cache entries (clearing the cache
+    /// starts a new one).
+    pub(crate) jmp_gen: u64,
     map: FastMap<Key, Arc<Block>>,
     /// Direct-mapped front of `map`.
     fast: Vec<Option<(Key, Arc<Block>)>>,
@@ -232,6 +266,8 @@ impl SharedCode {
 impl CodeCache {
     pub(crate) fn new() -> Self {
         CodeCache {
+            jmp: Box::new([[NO_JMP; JMP_SLOTS]; 2]),
+            jmp_gen: 1,
             map: FastMap::default(),
             fast: vec![None; FAST_SLOTS],
             pages: FastMap::default(),
@@ -244,7 +280,21 @@ impl CodeCache {
         ((key.0 ^ (key.1 << 7)) as usize ^ (key.0 >> 12) as usize) & (FAST_SLOTS - 1)
     }
 
+    /// Forgets every jump-cache entry.
+    pub(crate) fn jmp_clear(&mut self) {
+        self.jmp_gen += 1;
+    }
+
+    /// Forgets the jump-cache entries that may be in linear page `lin`.
+    pub(crate) fn jmp_flush_page(&mut self, lin: u64) {
+        let g = jmp_slot(lin & !0xfff) & !63;
+        for t in self.jmp.iter_mut() {
+            t[g..g + 64].fill(NO_JMP);
+        }
+    }
+
     pub(crate) fn clear(&mut self) {
+        self.jmp_clear();
         self.fast.fill(None);
         self.graveyard.extend(self.map.drain().map(|(_, b)| b));
         self.pages.clear();
@@ -253,6 +303,7 @@ impl CodeCache {
     /// Drops every block decoded from `page`.
     pub(crate) fn invalidate_page(&mut self, page: u64) {
         if let Some(keys) = self.pages.remove(&page) {
+            self.jmp_clear();
             for k in keys {
                 if let Some(b) = self.map.remove(&k) {
                     self.graveyard.push(b);
@@ -742,6 +793,34 @@ impl Cpu {
             }
             self.icount += done;
         }
+    }
+
+    /// The translated code for the block at RIP if it can be entered
+    /// straight from translated code: 64-bit mode, the fetch translation in
+    /// the TLB, the block in the direct-mapped cache. 0 otherwise (the run
+    /// loop then looks it up, decoding if need be). Changes nothing.
+    /// Found code goes into the jump cache.
+    pub(crate) fn jit_lookup(&mut self) -> usize {
+        if !self.mode64() {
+            return 0;
+        }
+        let user = self.user();
+        let Some(phys) = self.fetch_phys_cached(self.rip, user) else {
+            return 0;
+        };
+        let key = (phys, self.rip, 64);
+        let code = match &self.cache.fast[CodeCache::fast_slot(&key)] {
+            Some((k, b)) if *k == key => b.code.get(),
+            _ => 0,
+        };
+        if code != 0 {
+            self.cache.jmp[user as usize][jmp_slot(self.rip)] = JmpEntry {
+                rip: self.rip,
+                code: code as u64,
+                gen: self.cache.jmp_gen,
+            };
+        }
+        code
     }
 
     /// Compiles a hot block (it runs translated from its next run).

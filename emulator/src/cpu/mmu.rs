@@ -389,6 +389,14 @@ impl Cpu {
         self.translate(lin, Access::Exec, user)
     }
 
+    /// Physical address of an instruction fetch at `lin` if the TLB has it.
+    #[inline(always)]
+    pub(crate) fn fetch_phys_cached(&self, lin: u64, user: bool) -> Option<u64> {
+        let idx = ((lin >> 12) as usize) & (TLB_SIZE - 1);
+        let e = &self.tlb.e[slot(Access::Exec, user)][idx];
+        (e.tag == lin & !0xfff).then_some(e.phys | (lin & 0xfff))
+    }
+
     /// Host pointer for an access of `size` bytes at `lin` that hits the TLB
     /// and stays within one page.
     #[inline(always)]
@@ -651,6 +659,7 @@ impl Cpu {
 
     /// Flushes the TLB after CR0/CR3/CR4 changes (SDM vol. 3 §4.10.4).
     pub fn flush_tlb(&mut self, keep_global: bool) {
+        self.cache.jmp_clear();
         if keep_global && self.cr4 & cr4::PGE != 0 {
             self.tlb.flush_nonglobal();
         } else {

@@ -20,8 +20,8 @@ use super::mmu::{layout as tlb, Tlb};
 use super::{Cpu, Exc, Segment, FS};
 use cranelift_codegen::ir::condcodes::CondCode;
 use cranelift_codegen::ir::{
-    condcodes::IntCC, types, AbiParam, Block, InstBuilder, MemFlagsData, SigRef, Signature, Type,
-    Value,
+    condcodes::IntCC, types, AbiParam, Block, BlockArg, InstBuilder, MemFlagsData, SigRef,
+    Signature, Type, Value,
 };
 use cranelift_codegen::isa::CallConv;
 use cranelift_codegen::settings::{self, Configurable};
@@ -93,6 +93,14 @@ fn new_module() -> Result<JITModule, String> {
         ("use_colocated_libcalls", "false"),
         ("is_pic", "false"),
         ("enable_verifier", "false"),
+        (
+            "regalloc_algorithm",
+            if std::env::var("VIREO_JIT_RA").is_ok_and(|v| v == "fast") {
+                "single_pass"
+            } else {
+                "backtracking"
+            },
+        ),
         // Tail calls between blocks need frame pointers.
         ("preserve_frame_pointers", "true"),
     ] {
@@ -265,6 +273,7 @@ fn build_enter(
 struct Sigs {
     block: SigRef,
     interp: SigRef,
+    lookup: SigRef,
     cond: SigRef,
 }
 
@@ -280,6 +289,7 @@ impl Sigs {
         Sigs {
             block: b.import_signature(block_signature(m)),
             interp: b.import_signature(mk(&[I64, I64], I32)),
+            lookup: b.import_signature(mk(&[I64], I64)),
             cond: b.import_signature(mk(&[I64, I32], I32)),
         }
     }
@@ -313,6 +323,13 @@ unsafe extern "C" fn h_interp(cpu: *mut Cpu, insn: *const Insn) -> u32 {
     }
 }
 
+/// The translated block to enter next (see `Cpu::jit_lookup`), or 0.
+unsafe extern "C" fn h_lookup(cpu: *mut Cpu) -> u64 {
+    // SAFETY: as in `h_interp`.
+    let c = unsafe { &mut *cpu };
+    c.jit_lookup() as u64
+}
+
 /// Evaluates condition code `cc` from the flags in memory.
 unsafe extern "C" fn h_cond(cpu: *mut Cpu, cc: u32) -> u32 {
     // SAFETY: as in `h_interp`.
@@ -326,6 +343,10 @@ const GPR: i32 = offset_of!(Cpu, gpr) as i32;
 const RIP: i32 = offset_of!(Cpu, rip) as i32;
 const CPL: i32 = offset_of!(Cpu, cpl) as i32;
 const SKIP: i32 = offset_of!(Cpu, jit_skip) as i32;
+const JMP: i32 = (offset_of!(Cpu, cache) + offset_of!(super::exec::CodeCache, jmp)) as i32;
+const JMP_GEN: i32 = (offset_of!(Cpu, cache) + offset_of!(super::exec::CodeCache, jmp_gen)) as i32;
+const JMP_ENTRY: i64 = std::mem::size_of::<super::exec::JmpEntry>() as i64;
+const JMP_TABLE: i64 = JMP_ENTRY * super::exec::JMP_SLOTS as i64;
 const ICOUNT: i32 = offset_of!(Cpu, icount) as i32;
 const LAST: i32 = offset_of!(Cpu, jit_last) as i32;
 const CHAIN_LIMIT: i32 = offset_of!(Cpu, jit_chain_limit) as i32;
@@ -346,6 +367,10 @@ fn seg_base(s: usize) -> i32 {
 }
 
 const _: () = assert!(std::mem::size_of::<Tlb>() == std::mem::size_of::<usize>());
+const _: () = assert!(
+    offset_of!(super::exec::JmpEntry, code) == 8 && offset_of!(super::exec::JmpEntry, gen) == 16
+);
+const _: () = assert!((tlb::ENTRY as u64).is_power_of_two() && tlb::ENTRY <= 4096);
 
 /// The lazy flags of the last flag-setting instruction translated, as SSA
 /// values (see [`Flags`] for what each field means per op).
@@ -558,6 +583,8 @@ struct Tx<'f> {
     smp: bool,
     tlb_r: Value,
     tlb_w: Value,
+    /// The jump-cache table for this privilege level.
+    jmp: Value,
     regs: [Variable; 16],
     state: [RegState; 16],
     /// Flags of the last flag-setting instruction, if translated here.
@@ -578,6 +605,8 @@ struct Tx<'f> {
     /// (a branch back to the block's start loops within the function).
     start: u64,
     top: Block,
+    /// The shared end of side exits, once made.
+    exit_tail: Option<Block>,
 }
 
 /// A native branch that ends the block.
@@ -587,6 +616,9 @@ enum Term {
     Direct(u64),
     /// To the first address if the i8 condition holds, else the second.
     Cond(Value, u64, u64),
+    /// To wherever RIP points: the value for a native return, `None` after
+    /// an interpreted branch (which may have changed modes).
+    Indirect(Option<Value>),
 }
 
 impl<'f> Tx<'f> {
@@ -610,6 +642,9 @@ impl<'f> Tx<'f> {
         let off = b.ins().imul_imm_s(user, tlb::TABLE);
         let tlb_r = b.ins().iadd(base, off);
         let tlb_w = b.ins().iadd_imm_s(tlb_r, 2 * tlb::TABLE);
+        let jbase = b.ins().load(types::I64, trusted, cpu, JMP);
+        let joff = b.ins().imul_imm_s(user, JMP_TABLE);
+        let jmp = b.ins().iadd(jbase, joff);
         let top = b.create_block();
         b.ins().jump(top, &[]);
         b.switch_to_block(top);
@@ -620,6 +655,7 @@ impl<'f> Tx<'f> {
             smp,
             tlb_r,
             tlb_w,
+            jmp,
             regs,
             state: [RegState::Unloaded; 16],
             lazy: None,
@@ -631,6 +667,7 @@ impl<'f> Tx<'f> {
             chain_ok: true,
             start,
             top,
+            exit_tail: None,
         }
     }
 
@@ -654,9 +691,16 @@ impl<'f> Tx<'f> {
         self.b.use_var(self.regs[i])
     }
 
+    /// Writes GPR `i`, through to memory at once: exits then have only
+    /// the flags to write back (small exits compile fast), and the stores
+    /// cost little. Instructions write registers only after their memory
+    /// accesses, so an exit before an instruction never sees its writes.
     fn set_gpr(&mut self, i: usize, v: Value) {
         self.b.def_var(self.regs[i], v);
-        self.state[i] = RegState::Dirty;
+        self.b
+            .ins()
+            .store(MemFlagsData::trusted(), v, self.cpu, GPR + 8 * i as i32);
+        self.state[i] = RegState::Clean;
     }
 
     /// Register `r` (zero-extended).
@@ -808,8 +852,67 @@ impl<'f> Tx<'f> {
                 self.b.switch_to_block(not);
                 self.goto(f, self.links[1]);
             }
+            (Some(Term::Indirect(rip)), true) => {
+                let attn = self.attention();
+                let back = self.side();
+                let go = self.side();
+                self.b.ins().brif(attn, back, &[], go, &[]);
+                self.b.switch_to_block(go);
+                match rip {
+                    Some(r) => self.enter_cached(r, back),
+                    None => self.enter_looked_up(back),
+                }
+                self.b.switch_to_block(back);
+                self.ret_normal();
+            }
             _ => self.ret_normal(),
         }
+    }
+
+    /// Enters the translated block for `rip` from the jump cache, else as
+    /// [`Tx::enter_looked_up`].
+    fn enter_cached(&mut self, rip: Value, back: Block) {
+        let t = MemFlagsData::trusted();
+        let hi = self.b.ins().ushr_imm_s(rip, 12);
+        let hi = self.b.ins().band_imm_s(hi, 63);
+        let hi = self.b.ins().ishl_imm_s(hi, 6);
+        let a = self.b.ins().ushr_imm_s(rip, 2);
+        let c = self.b.ins().ushr_imm_s(rip, 8);
+        let lo = self.b.ins().bxor(a, c);
+        let lo = self.b.ins().band_imm_s(lo, 63);
+        let idx = self.b.ins().bor(hi, lo);
+        let off = self.b.ins().imul_imm_s(idx, JMP_ENTRY);
+        let ent = self.b.ins().iadd(self.jmp, off);
+        let tag = self.b.ins().load(types::I64, t, ent, 0);
+        let hit = self.b.ins().icmp(IntCC::Equal, tag, rip);
+        let gen = self.b.ins().load(types::I64, t, ent, 16);
+        let cur = self.b.ins().load(types::I64, t, self.cpu, JMP_GEN);
+        let now = self.b.ins().icmp(IntCC::Equal, gen, cur);
+        let hit = self.b.ins().band(hit, now);
+        let jump = self.side();
+        let miss = self.side();
+        self.b.ins().brif(hit, jump, &[], miss, &[]);
+        self.b.switch_to_block(jump);
+        let code = self.b.ins().load(types::I64, t, ent, 8);
+        self.b
+            .ins()
+            .return_call_indirect(self.sigs.block, code, &[self.cpu]);
+        self.b.switch_to_block(miss);
+        self.enter_looked_up(back);
+    }
+
+    /// Enters the translated block at RIP if `h_lookup` finds one, else
+    /// continues at `back`.
+    fn enter_looked_up(&mut self, back: Block) {
+        let f = self.c64(h_lookup as *const () as usize as i64);
+        let call = self.b.ins().call_indirect(self.sigs.lookup, f, &[self.cpu]);
+        let code = self.b.inst_results(call)[0];
+        let jump = self.side();
+        self.b.ins().brif(code, jump, &[], back, &[]);
+        self.b.switch_to_block(jump);
+        self.b
+            .ins()
+            .return_call_indirect(self.sigs.block, code, &[self.cpu]);
     }
 
     /// Continues at `target` (RIP already stored): loops to the block's own
@@ -825,16 +928,21 @@ impl<'f> Tx<'f> {
             self.b.ins().jump(self.top, &[]);
         } else {
             let jump = self.side();
+            let lookup = self.side();
             let cell = self.c64(cell as i64);
             let f = self
                 .b
                 .ins()
                 .load(types::I64, MemFlagsData::trusted(), cell, 0);
-            self.b.ins().brif(f, jump, &[], back, &[]);
+            self.b.ins().brif(f, jump, &[], lookup, &[]);
             self.b.switch_to_block(jump);
             self.b
                 .ins()
                 .return_call_indirect(self.sigs.block, f, &[self.cpu]);
+            // Not linked (another page, or not seen yet from here).
+            self.b.switch_to_block(lookup);
+            let r = self.c64(target as i64);
+            self.enter_cached(r, back);
         }
         self.b.switch_to_block(back);
         self.ret_normal();
@@ -884,27 +992,24 @@ impl<'f> Tx<'f> {
     /// The TLB entry for `lin` in `table` and whether it maps an access of
     /// `size` bytes there.
     fn tlb_hit(&mut self, table: Value, lin: Value, size: u8) -> (Value, Value) {
-        let idx = self.b.ins().ushr_imm_s(lin, 12);
+        // The entry of `lin`'s page, pre-scaled: (lin >> 12) % SIZE * ENTRY.
+        let shift = 12 - tlb::ENTRY.trailing_zeros() as i64;
+        let idx = self.b.ins().ushr_imm_s(lin, shift);
         let idx = self
             .b
             .ins()
-            .band_imm_s(idx, (super::mmu::TLB_SIZE - 1) as i64);
-        let off = self.b.ins().imul_imm_s(idx, tlb::ENTRY);
-        let ent = self.b.ins().iadd(table, off);
+            .band_imm_s(idx, (super::mmu::TLB_SIZE as i64 - 1) * tlb::ENTRY);
+        let ent = self.b.ins().iadd(table, idx);
         let tag = self
             .b
             .ins()
             .load(types::I64, MemFlagsData::trusted(), ent, tlb::TAG);
-        let page = self.b.ins().band_imm_s(lin, !0xfff);
-        let mut hit = self.b.ins().icmp(IntCC::Equal, tag, page);
-        if size > 1 {
-            let o = self.b.ins().band_imm_s(lin, 0xfff);
-            let fits =
-                self.b
-                    .ins()
-                    .icmp_imm_s(IntCC::UnsignedLessThanOrEqual, o, 0x1000 - size as i64);
-            hit = self.b.ins().band(hit, fits);
-        }
+        // The last byte's page must be the tag: a tag in this slot is a
+        // page with the same index, so it can only be `lin`'s own page, and
+        // the access then does not cross into the next.
+        let last = self.b.ins().iadd_imm_s(lin, size as i64 - 1);
+        let page = self.b.ins().band_imm_s(last, !0xfff);
+        let hit = self.b.ins().icmp(IntCC::Equal, tag, page);
         (ent, hit)
     }
 
@@ -914,15 +1019,34 @@ impl<'f> Tx<'f> {
     /// device memory, pages holding code, faults).
     fn side_exit(&mut self, ip: u64) {
         self.spill();
-        let t = MemFlagsData::trusted();
+        let tail = match self.exit_tail {
+            Some(b) => b,
+            None => {
+                // One shared tail: RIP and count come as parameters.
+                let here = self.b.current_block();
+                let b = self.side();
+                let rip = self.b.append_block_param(b, types::I64);
+                let n = self.b.append_block_param(b, types::I64);
+                self.b.switch_to_block(b);
+                let t = MemFlagsData::trusted();
+                self.b.ins().store(t, rip, self.cpu, RIP);
+                self.count(n);
+                let one = self.b.ins().iconst(types::I8, 1);
+                self.b.ins().store(t, one, self.cpu, SKIP);
+                let v = self.c64(EARLY as i64);
+                self.b.ins().return_(&[v]);
+                if let Some(h) = here {
+                    self.b.switch_to_block(h);
+                }
+                self.exit_tail = Some(b);
+                b
+            }
+        };
         let r = self.c64(ip as i64);
-        self.b.ins().store(t, r, self.cpu, RIP);
         let n = self.c64(self.at as i64);
-        self.count(n);
-        let one = self.b.ins().iconst(types::I8, 1);
-        self.b.ins().store(t, one, self.cpu, SKIP);
-        let v = self.c64(EARLY as i64);
-        self.b.ins().return_(&[v]);
+        self.b
+            .ins()
+            .jump(tail, &[BlockArg::Value(r), BlockArg::Value(n)]);
     }
 
     /// Reads `size` bytes at linear `lin` (zero-extended to 64 bits) where
@@ -1221,6 +1345,13 @@ impl<'f> Tx<'f> {
                 self.b.switch_to_block(cont);
                 rip = None;
                 rip_set = true;
+                if i + 1 == n {
+                    // The interpreter set RIP: go on from there.
+                    self.term = Some(match d.ins.flow_control() {
+                        iced_x86::FlowControl::Next => Term::Direct(d.ins.next_ip()),
+                        _ => Term::Indirect(None),
+                    });
+                }
             }
         }
         let last = &insns[n - 1];
@@ -1239,7 +1370,7 @@ impl<'f> Tx<'f> {
         let rips = match self.term {
             Some(Term::Direct(t)) => [t, u64::MAX],
             Some(Term::Cond(_, t, f)) => [t, f],
-            None => [u64::MAX; 2],
+            Some(Term::Indirect(_)) | None => [u64::MAX; 2],
         };
         self.finish(final_rip, n as u64);
         if self.chain_ok {
@@ -1461,6 +1592,7 @@ impl<'f> Tx<'f> {
                 self.b.switch_to_block(good);
                 let nsp = self.b.ins().iadd_imm_s(sp, 8);
                 self.set_gpr(4, nsp);
+                self.term = Some(Term::Indirect(Some(t)));
                 return Some(t);
             }
             _ => {

@@ -220,6 +220,7 @@ pub(super) fn invlpg(c: &mut Cpu, d: &Insn) -> R {
     }
     let lin = c.lin(c.mem_seg(d), c.ea(d));
     c.tlb.flush_page(lin);
+    c.cache.jmp_flush_page(lin);
     c.stop_block = true;
     Ok(())
 }
