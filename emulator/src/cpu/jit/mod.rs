@@ -46,8 +46,8 @@ pub(crate) const EARLY: u64 = 1;
 
 /// Runs of a block before it is translated: compiling a block costs as much
 /// as interpreting it some thousands of times (measured on the Linux boot,
-/// where 1000 beat 50, 200 and 3000).
-pub(crate) const HOT: u32 = 1000;
+/// where 3000 beat 50, 300 and 1000, and 10000 gained nothing more).
+pub(crate) const HOT: u32 = 3000;
 
 /// The threshold from `VIREO_JIT` (`off`, or runs before translation),
 /// else [`HOT`].
@@ -377,6 +377,8 @@ const _: () = assert!((tlb::ENTRY as u64).is_power_of_two() && tlb::ENTRY <= 409
 #[derive(Clone, Copy)]
 struct Lazy {
     op: FlagOp,
+    /// ADC/SBB: `aux` holds a carry-in that may be 1.
+    carry: bool,
     size: u8,
     dst: Value,
     src: Value,
@@ -476,7 +478,7 @@ fn native(d: &Insn, smp: bool) -> bool {
         }
         M::Movzx | M::Movsx | M::Movsxd => n == 2 && gpr_op(d, 0) && rm_op(d, 1) && sized,
         M::Lea => gpr_op(d, 0) && is_mem(ins.op1_kind()) && matches!(s, 2 | 4 | 8),
-        M::Add | M::Sub | M::Cmp | M::And | M::Or | M::Xor | M::Test => {
+        M::Add | M::Sub | M::Cmp | M::And | M::Or | M::Xor | M::Test | M::Adc | M::Sbb => {
             n == 2
                 && sized
                 && rm_op(d, 0)
@@ -485,6 +487,15 @@ fn native(d: &Insn, smp: bool) -> bool {
                     || (is_mem(ins.op1_kind()) && gpr_op(d, 0)))
         }
         M::Inc | M::Dec => n == 1 && sized && rm_op(d, 0),
+        M::Shl | M::Shr | M::Sar
+            if n == 2
+                && matches!(s, 4 | 8)
+                && gpr_op(d, 0)
+                && ins.op1_kind() == OpKind::Register
+                && ins.op1_register() == Register::CL =>
+        {
+            true
+        }
         M::Shl | M::Shr | M::Sar => {
             if !(n == 2 && sized && rm_op(d, 0) && is_imm(ins.op1_kind())) {
                 return false;
@@ -691,16 +702,42 @@ impl<'f> Tx<'f> {
         self.b.use_var(self.regs[i])
     }
 
-    /// Writes GPR `i`, through to memory at once: exits then have only
-    /// the flags to write back (small exits compile fast), and the stores
-    /// cost little. Instructions write registers only after their memory
-    /// accesses, so an exit before an instruction never sees its writes.
+    /// Writes GPR `i`; memory gets it before the next memory access (see
+    /// [`Tx::flush_regs`]) or exit.
     fn set_gpr(&mut self, i: usize, v: Value) {
         self.b.def_var(self.regs[i], v);
-        self.b
-            .ins()
-            .store(MemFlagsData::trusted(), v, self.cpu, GPR + 8 * i as i32);
-        self.state[i] = RegState::Clean;
+        self.state[i] = RegState::Dirty;
+    }
+
+    /// Stores the registers written since the last flush, on the main path
+    /// before a memory access: its side exit then has only the flags to
+    /// write back (small exits compile fast), and consecutive writes of a
+    /// register cost one store. Instructions write registers only after
+    /// their memory accesses, so an exit before an instruction never sees
+    /// its writes.
+    fn flush_regs(&mut self) {
+        for i in 0..16 {
+            if self.state[i] == RegState::Dirty {
+                let v = self.b.use_var(self.regs[i]);
+                self.b
+                    .ins()
+                    .store(MemFlagsData::trusted(), v, self.cpu, GPR + 8 * i as i32);
+                self.state[i] = RegState::Clean;
+            }
+        }
+    }
+
+    /// The low `size` bytes of `v`, zero-extended (32 bits by a move, not
+    /// a mask from the constant pool).
+    fn zext(&mut self, v: Value, size: u8) -> Value {
+        match size {
+            4 => {
+                let n = self.b.ins().ireduce(types::I32, v);
+                self.b.ins().uextend(types::I64, n)
+            }
+            8 => v,
+            _ => self.b.ins().band_imm_s(v, mask(size)),
+        }
     }
 
     /// Register `r` (zero-extended).
@@ -715,7 +752,7 @@ impl<'f> Tx<'f> {
             g
         };
         if size < 8 {
-            self.b.ins().band_imm_s(g, mask(size))
+            self.zext(g, size)
         } else {
             g
         }
@@ -729,7 +766,7 @@ impl<'f> Tx<'f> {
         };
         let nv = match size {
             8 => v,
-            4 => self.b.ins().band_imm_s(v, 0xffff_ffff),
+            4 => self.zext(v, 4),
             _ => {
                 let g = self.gpr(i);
                 let keep = self.b.ins().band_imm_s(g, !(mask(size) << shift));
@@ -1052,6 +1089,7 @@ impl<'f> Tx<'f> {
     /// Reads `size` bytes at linear `lin` (zero-extended to 64 bits) where
     /// the TLB maps it, else leaves through [`Tx::side_exit`].
     fn load(&mut self, lin: Value, size: u8, ip: u64) -> Value {
+        self.flush_regs();
         let (ent, hit) = self.tlb_hit(self.tlb_r, lin, size);
         let fast = self.side();
         let slow = self.side();
@@ -1077,6 +1115,7 @@ impl<'f> Tx<'f> {
     /// it for writing (never a page holding code), else leaves through
     /// [`Tx::side_exit`].
     fn store(&mut self, lin: Value, size: u8, v: Value, ip: u64) {
+        self.flush_regs();
         let (ent, hit) = self.tlb_hit(self.tlb_w, lin, size);
         let fast = self.side();
         let slow = self.side();
@@ -1145,6 +1184,7 @@ impl<'f> Tx<'f> {
     fn set_lazy(&mut self, op: FlagOp, size: u8, dst: Value, src: Value, res: Value, aux: Value) {
         self.lazy = Some(Lazy {
             op,
+            carry: false,
             size,
             dst,
             src,
@@ -1173,8 +1213,22 @@ impl<'f> Tx<'f> {
 
     fn cf(&mut self, l: Lazy) -> Value {
         match l.op {
-            FlagOp::Add => self.b.ins().icmp(IntCC::UnsignedLessThan, l.res, l.dst),
-            FlagOp::Sub => self.b.ins().icmp(IntCC::UnsignedLessThan, l.dst, l.src),
+            FlagOp::Add | FlagOp::Sub => {
+                let (a, b) = if l.op == FlagOp::Add {
+                    (l.res, l.dst)
+                } else {
+                    (l.dst, l.src)
+                };
+                let lt = self.b.ins().icmp(IntCC::UnsignedLessThan, a, b);
+                if !l.carry {
+                    return lt;
+                }
+                // With a carry-in, equality carries too.
+                let eq = self.b.ins().icmp(IntCC::Equal, a, b);
+                let c = self.b.ins().icmp_imm_s(IntCC::NotEqual, l.aux, 0);
+                let eqc = self.b.ins().band(eq, c);
+                self.b.ins().bor(lt, eqc)
+            }
             FlagOp::Logic | FlagOp::Eager => self.i8c(false),
             FlagOp::Inc | FlagOp::Dec | FlagOp::Mul => {
                 self.b.ins().icmp_imm_s(IntCC::NotEqual, l.aux, 0)
@@ -1243,7 +1297,7 @@ impl<'f> Tx<'f> {
             return self.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
         };
         let neg = cc & 1 != 0;
-        if l.op == FlagOp::Sub {
+        if l.op == FlagOp::Sub && !l.carry {
             let (a, b) = (l.dst, l.src);
             let direct = match cc >> 1 {
                 1 => Some((IntCC::UnsignedLessThan, false)),
@@ -1380,6 +1434,81 @@ impl<'f> Tx<'f> {
         }
     }
 
+    /// SHL/SHR/SAR of a 32/64-bit register by CL: a count of 0 changes
+    /// neither the flags nor the value (but a 32-bit register is still
+    /// written, so zero-extended); flags go to memory either way.
+    fn shift_cl(&mut self, d: &Insn) {
+        let s = d.osize;
+        let w = s as i64 * 8;
+        let dst = d.ins.op0_register();
+        let cl = self.reg(Register::CL);
+        let cnt = self.b.ins().band_imm_s(cl, w - 1);
+        let v = self.reg(dst);
+        // Whatever happens, the flags are in memory after this.
+        self.spill();
+        self.lazy = None;
+        self.lazy_dirty = false;
+        let zero = self.side();
+        let shift = self.side();
+        let merge = self.side();
+        self.b.ins().brif(cnt, shift, &[], zero, &[]);
+
+        self.b.switch_to_block(zero);
+        if s == 4 {
+            self.set_reg(dst, v);
+        }
+        self.b.ins().jump(merge, &[]);
+
+        self.b.switch_to_block(shift);
+        let one_less = self.b.ins().iadd_imm_s(cnt, -1);
+        let msb = self.b.ins().ushr_imm_s(v, w - 1);
+        let (r, cf, of) = match d.ins.mnemonic() {
+            M::Shl => {
+                let r = self.b.ins().ishl(v, cnt);
+                let wc = self.c64(w);
+                let back = self.b.ins().isub(wc, cnt);
+                let cf = self.b.ins().ushr(v, back);
+                let hi = self.b.ins().ushr_imm_s(v, w - 2);
+                (r, cf, self.b.ins().bxor(msb, hi))
+            }
+            M::Shr => {
+                let r = self.b.ins().ushr(v, cnt);
+                let cf = self.b.ins().ushr(v, one_less);
+                (r, cf, msb)
+            }
+            _ => {
+                let sv = if s < 8 {
+                    let n = self.narrow(v, s);
+                    self.b.ins().sextend(types::I64, n)
+                } else {
+                    v
+                };
+                let r = self.b.ins().sshr(sv, cnt);
+                let cf = self.b.ins().sshr(sv, one_less);
+                (r, cf, self.c64(0))
+            }
+        };
+        let r = self.zext(r, s);
+        let cf = self.b.ins().band_imm_s(cf, 1);
+        let of = self.b.ins().band_imm_s(of, 1);
+        let of = self.b.ins().ishl_imm_s(of, 11);
+        let aux = self.b.ins().bor(cf, of);
+        let t = MemFlagsData::trusted();
+        let op = self.b.ins().iconst(types::I8, FlagOp::Shift as u8 as i64);
+        let size = self.b.ins().iconst(types::I8, s as i64);
+        let cpu = self.cpu;
+        self.b.ins().store(t, op, cpu, F_OP);
+        self.b.ins().store(t, size, cpu, F_SIZE);
+        self.b.ins().store(t, v, cpu, F_DST);
+        self.b.ins().store(t, v, cpu, F_SRC);
+        self.b.ins().store(t, r, cpu, F_RES);
+        self.b.ins().store(t, aux, cpu, F_AUX);
+        self.set_reg(dst, r);
+        self.b.ins().jump(merge, &[]);
+
+        self.b.switch_to_block(merge);
+    }
+
     /// Emits a native instruction; returns the new RIP if it branches.
     fn native(&mut self, d: &Insn) -> Option<Value> {
         let ins = &d.ins;
@@ -1408,12 +1537,32 @@ impl<'f> Tx<'f> {
             }
             M::Lea => {
                 let v = self.ea(d);
-                let v = if s < 8 {
-                    self.b.ins().band_imm_s(v, mask(s))
-                } else {
-                    v
-                };
+                let v = if s < 8 { self.zext(v, s) } else { v };
                 self.set_reg(ins.op0_register(), v);
+            }
+            M::Adc | M::Sbb => {
+                let cf = self.cf64();
+                let l = self.loc(d, 0);
+                let a = self.read_loc(d, l, s);
+                let b = self.read(d, 1, s);
+                let r = if mnem == M::Adc {
+                    let t = self.b.ins().iadd(a, b);
+                    self.b.ins().iadd(t, cf)
+                } else {
+                    let t = self.b.ins().isub(a, b);
+                    self.b.ins().isub(t, cf)
+                };
+                let r = self.zext(r, s);
+                self.write_loc(d, l, s, r);
+                let op = if mnem == M::Adc {
+                    FlagOp::Add
+                } else {
+                    FlagOp::Sub
+                };
+                self.set_lazy(op, s, a, b, r, cf);
+                if let Some(z) = self.lazy.as_mut() {
+                    z.carry = true;
+                }
             }
             M::Add | M::Sub | M::Cmp | M::And | M::Or | M::Xor | M::Test => {
                 let l = self.loc(d, 0);
@@ -1427,7 +1576,7 @@ impl<'f> Tx<'f> {
                     _ => self.b.ins().bxor(a, b),
                 };
                 let r = if s < 8 && matches!(mnem, M::Add | M::Sub | M::Cmp) {
-                    self.b.ins().band_imm_s(r, mask(s))
+                    self.zext(r, s)
                 } else {
                     r
                 };
@@ -1453,11 +1602,7 @@ impl<'f> Tx<'f> {
                 } else {
                     self.b.ins().iadd_imm_s(a, -1)
                 };
-                let r = if s < 8 {
-                    self.b.ins().band_imm_s(r, mask(s))
-                } else {
-                    r
-                };
+                let r = if s < 8 { self.zext(r, s) } else { r };
                 self.write_loc(d, l, s, r);
                 let op = if mnem == M::Inc {
                     FlagOp::Inc
@@ -1466,6 +1611,9 @@ impl<'f> Tx<'f> {
                 };
                 self.set_lazy(op, s, a, a, r, cf);
                 return None;
+            }
+            M::Shl | M::Shr | M::Sar if ins.op1_kind() == OpKind::Register => {
+                self.shift_cl(d);
             }
             M::Shl | M::Shr | M::Sar => {
                 let w = s as i64 * 8;
@@ -1500,11 +1648,7 @@ impl<'f> Tx<'f> {
                         (r, cf, of)
                     }
                 };
-                let r = if s < 8 {
-                    self.b.ins().band_imm_s(r, mask(s))
-                } else {
-                    r
-                };
+                let r = if s < 8 { self.zext(r, s) } else { r };
                 let cf = self.b.ins().band_imm_s(cf, 1);
                 let of = self.b.ins().band_imm_s(of, 1);
                 let of = self.b.ins().ishl_imm_s(of, 11);
@@ -1532,7 +1676,7 @@ impl<'f> Tx<'f> {
                     let p = self.b.ins().imul(sa, sb);
                     let np = self.narrow(p, s);
                     let sp = self.b.ins().sextend(types::I64, np);
-                    let lo = self.b.ins().band_imm_s(p, mask(s));
+                    let lo = self.zext(p, s);
                     (lo, self.b.ins().icmp(IntCC::NotEqual, sp, p))
                 };
                 let ovf = self.b.ins().uextend(types::I64, ovf);
