@@ -755,6 +755,7 @@ impl Cpu {
                     // (same page: they leave the cache together, and only
                     // between blocks); the code lives until the translator
                     // is reset, which drops every block first.
+                    self.jit_tables();
                     let r = unsafe { enter(self as *mut Cpu, code) };
                     if r & super::jit::EARLY != 0 {
                         self.stop_block = false;

@@ -45,12 +45,11 @@ pub(crate) struct Tlb {
     e: Box<[[TlbEntry; TLB_SIZE]; 6]>,
 }
 
-/// Where translated code finds the TLB: the offset of the table pointer in
-/// [`Tlb`], of the tag and addend in an entry, an entry's size, and the
-/// distance between the tables of two slots.
+/// Where translated code finds things in the TLB: the offset of the tag and
+/// addend in an entry, an entry's size, and the distance between the tables
+/// of two slots.
 pub(crate) mod layout {
-    use super::{Tlb, TlbEntry, TLB_SIZE};
-    pub(crate) const TABLES: usize = std::mem::offset_of!(Tlb, e);
+    use super::{TlbEntry, TLB_SIZE};
     pub(crate) const TAG: i32 = std::mem::offset_of!(TlbEntry, tag) as i32;
     pub(crate) const ADDEND: i32 = std::mem::offset_of!(TlbEntry, addend) as i32;
     pub(crate) const ENTRY: i64 = std::mem::size_of::<TlbEntry>() as i64;
@@ -62,6 +61,12 @@ impl Tlb {
         Tlb {
             e: Box::new([[EMPTY; TLB_SIZE]; 6]),
         }
+    }
+
+    /// Address of the table for `acc` and privilege (the write table
+    /// follows the read table two tables on, see `layout`).
+    pub(crate) fn table(&self, acc: Access, user: bool) -> usize {
+        self.e[slot(acc, user)].as_ptr() as usize
     }
 
     /// Drops every entry.

@@ -555,6 +555,10 @@ pub struct Cpu {
     /// each `run`): the exit request, this vCPU's code-message flag, and
     /// the interrupt state (bit 0: INTR, bit 1: event).
     pub(crate) jit_exit_ptr: usize,
+    /// The data-read TLB table and the jump-cache table for the current
+    /// privilege level (see [`Cpu::jit_tables`]).
+    pub(crate) jit_tlb: usize,
+    pub(crate) jit_jmp: usize,
     pub(crate) jit_code_ptr: usize,
     pub(crate) jit_irq_ptr: usize,
 }
@@ -632,6 +636,8 @@ impl Cpu {
             jit_last: 0,
             jit_chain_limit: 0,
             jit_exit_ptr: &IRQ_NONE as *const u8 as usize,
+            jit_tlb: 0,
+            jit_jmp: 0,
             jit_code_ptr: &IRQ_NONE as *const u8 as usize,
             jit_irq_ptr: &IRQ_NONE as *const u8 as usize,
         };
@@ -723,6 +729,16 @@ impl Cpu {
             (None, Some(_)) => &IRQ_UNKNOWN as *const u8 as usize,
             (None, None) => &IRQ_NONE as *const u8 as usize,
         };
+    }
+
+    /// Points translated code at the TLB and jump-cache tables of the
+    /// current privilege level (before entering it, and after anything in
+    /// it that may change the level).
+    #[inline(always)]
+    pub(crate) fn jit_tables(&mut self) {
+        let user = self.user() as usize;
+        self.jit_tlb = self.tlb.table(mmu::Access::Read, user != 0);
+        self.jit_jmp = self.cache.jmp[user].as_ptr() as usize;
     }
 
     /// Connects the source of external interrupts.

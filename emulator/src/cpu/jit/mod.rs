@@ -313,7 +313,10 @@ unsafe extern "C" fn h_interp(cpu: *mut Cpu, insn: *const Insn) -> u32 {
     // stays alive (cached or in the graveyard) while it runs.
     let (c, d) = unsafe { (&mut *cpu, &*insn) };
     c.rip = d.ins.next_ip() & c.ip_mask();
-    match (d.handler)(c, d) {
+    let r = (d.handler)(c, d);
+    // The privilege level may have changed.
+    c.jit_tables();
+    match r {
         Err(e) => {
             fault(c, d.ins.ip(), e);
             1
@@ -341,12 +344,9 @@ unsafe extern "C" fn h_cond(cpu: *mut Cpu, cc: u32) -> u32 {
 
 const GPR: i32 = offset_of!(Cpu, gpr) as i32;
 const RIP: i32 = offset_of!(Cpu, rip) as i32;
-const CPL: i32 = offset_of!(Cpu, cpl) as i32;
 const SKIP: i32 = offset_of!(Cpu, jit_skip) as i32;
-const JMP: i32 = (offset_of!(Cpu, cache) + offset_of!(super::exec::CodeCache, jmp)) as i32;
 const JMP_GEN: i32 = (offset_of!(Cpu, cache) + offset_of!(super::exec::CodeCache, jmp_gen)) as i32;
 const JMP_ENTRY: i64 = std::mem::size_of::<super::exec::JmpEntry>() as i64;
-const JMP_TABLE: i64 = JMP_ENTRY * super::exec::JMP_SLOTS as i64;
 const ICOUNT: i32 = offset_of!(Cpu, icount) as i32;
 const LAST: i32 = offset_of!(Cpu, jit_last) as i32;
 const CHAIN_LIMIT: i32 = offset_of!(Cpu, jit_chain_limit) as i32;
@@ -354,7 +354,8 @@ const EXIT_PTR: i32 = offset_of!(Cpu, jit_exit_ptr) as i32;
 const IRQ_PTR: i32 = offset_of!(Cpu, jit_irq_ptr) as i32;
 const CODE_PTR: i32 = offset_of!(Cpu, jit_code_ptr) as i32;
 const F_BITS: i32 = (offset_of!(Cpu, flags) + offset_of!(Flags, bits)) as i32;
-const TLB: i32 = (offset_of!(Cpu, tlb) + tlb::TABLES) as i32;
+const TLB_NOW: i32 = offset_of!(Cpu, jit_tlb) as i32;
+const JMP_NOW: i32 = offset_of!(Cpu, jit_jmp) as i32;
 const F_OP: i32 = (offset_of!(Cpu, flags) + offset_of!(Flags, op)) as i32;
 const F_SIZE: i32 = (offset_of!(Cpu, flags) + offset_of!(Flags, size)) as i32;
 const F_DST: i32 = (offset_of!(Cpu, flags) + offset_of!(Flags, dst)) as i32;
@@ -646,16 +647,10 @@ impl<'f> Tx<'f> {
         let regs = std::array::from_fn(|_| b.declare_var(types::I64));
         // The TLB tables for this privilege level: data reads, then writes
         // two tables further on.
-        let base = b.ins().load(types::I64, trusted, cpu, TLB);
-        let cpl = b.ins().load(types::I8, trusted, cpu, CPL);
-        let user = b.ins().icmp_imm_s(IntCC::Equal, cpl, 3);
-        let user = b.ins().uextend(types::I64, user);
-        let off = b.ins().imul_imm_s(user, tlb::TABLE);
-        let tlb_r = b.ins().iadd(base, off);
+        // The tables for the current privilege level (`Cpu::jit_tables`).
+        let tlb_r = b.ins().load(types::I64, trusted, cpu, TLB_NOW);
         let tlb_w = b.ins().iadd_imm_s(tlb_r, 2 * tlb::TABLE);
-        let jbase = b.ins().load(types::I64, trusted, cpu, JMP);
-        let joff = b.ins().imul_imm_s(user, JMP_TABLE);
-        let jmp = b.ins().iadd(jbase, joff);
+        let jmp = b.ins().load(types::I64, trusted, cpu, JMP_NOW);
         let top = b.create_block();
         b.ins().jump(top, &[]);
         b.switch_to_block(top);
@@ -841,12 +836,19 @@ impl<'f> Tx<'f> {
     /// True (i8) when the run loop must look before another block runs:
     /// the budget is nearly spent, an exit was requested, another vCPU
     /// changed code, or an interrupt or event is deliverable.
-    fn attention(&mut self) -> Value {
+    ///
+    /// With `full` false only the budget is checked: for a forward branch
+    /// within the page, as a run of those must end within the page (so
+    /// events are still noticed at the next backward or cross-page branch).
+    fn attention(&mut self, full: bool) -> Value {
         let t = MemFlagsData::trusted();
         let cpu = self.cpu;
         let ic = self.b.ins().load(types::I64, t, cpu, ICOUNT);
         let lim = self.b.ins().load(types::I64, t, cpu, CHAIN_LIMIT);
         let mut a = self.b.ins().icmp(IntCC::UnsignedGreaterThan, ic, lim);
+        if !full {
+            return a;
+        }
         for off in [EXIT_PTR, CODE_PTR] {
             let p = self.b.ins().load(types::I64, t, cpu, off);
             let v = self.b.ins().load(types::I8, t, p, 0);
@@ -890,7 +892,7 @@ impl<'f> Tx<'f> {
                 self.goto(f, self.links[1]);
             }
             (Some(Term::Indirect(rip)), true) => {
-                let attn = self.attention();
+                let attn = self.attention(true);
                 let back = self.side();
                 let go = self.side();
                 self.b.ins().brif(attn, back, &[], go, &[]);
@@ -956,7 +958,8 @@ impl<'f> Tx<'f> {
     /// start, or enters the translated block in link cell `cell`, unless the
     /// run loop must look first.
     fn goto(&mut self, target: u64, cell: usize) {
-        let attn = self.attention();
+        let forward = target > self.start && (target ^ self.start) & !0xfff == 0;
+        let attn = self.attention(!forward);
         let back = self.side();
         let go = self.side();
         self.b.ins().brif(attn, back, &[], go, &[]);
