@@ -18,6 +18,7 @@ pub mod lapic;
 pub mod pic;
 pub mod pit;
 pub mod post_code;
+pub mod rtc;
 pub mod serial;
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The PC machine for direct kernel boot: RAM plus the legacy devices
-//! (PIC, PIT, COM1, i8042, isa-debug-exit, POST code port) on their usual
+//! (PIC, PIT, RTC/CMOS, COM1, i8042, isa-debug-exit, POST code port) on their usual
 //! ports, a local APIC per vCPU and an I/O APIC (described to the guest by
 //! an MP table).
 
@@ -15,6 +15,7 @@ use vireo_devices::i8042::{I8042Port, I8042};
 use vireo_devices::pic::{Pic, PicIrqLine, PicPorts};
 use vireo_devices::pit::{Pit, PortB};
 use vireo_devices::post_code::PostCode;
+use vireo_devices::rtc::Rtc;
 use vireo_devices::serial::Serial;
 use vireo_devices::{Clock, HostClock, IrqLine, SystemControl};
 
@@ -114,6 +115,8 @@ pub struct Machine {
     pub serial: Arc<Mutex<Serial>>,
     /// The keyboard controller.
     pub i8042: Arc<Mutex<I8042>>,
+    /// The MC146818 RTC and CMOS RAM (ports 0x70/0x71, IRQ 8).
+    pub rtc: Arc<Mutex<Rtc>>,
     /// The local and I/O APICs.
     pub apics: Arc<Apics>,
     /// Reset/exit requests.
@@ -182,6 +185,8 @@ impl Machine {
         let pit = Arc::new(Mutex::new(Pit::new(clock.clone(), irq(0))));
         let i8042 = Arc::new(Mutex::new(I8042::new(control.clone(), irq(1), irq(12))));
         let debug_exit = Arc::new(Mutex::new(DebugExit::new(control.clone())));
+        let rtc = Arc::new(Mutex::new(Rtc::with_host_time(clock.clone(), irq(8))));
+        space.pio.insert(0x70, 2, rtc.clone() as SharedDevice)?;
 
         space
             .pio
@@ -228,6 +233,7 @@ impl Machine {
             pit,
             serial,
             i8042,
+            rtc,
             apics,
             control,
             engine_waker,
@@ -266,11 +272,9 @@ impl Machine {
     /// Runs the timers; returns the next deadline in ns of machine time.
     pub fn poll_timers(&self) -> Option<u64> {
         let pit = lock(&self.pit).poll();
+        let rtc = lock(&self.rtc).poll();
         let apic = self.apics.poll_timers();
-        match (pit, apic) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [pit, rtc, apic].into_iter().flatten().min()
     }
 
     /// Resets the devices to their power-on state.
@@ -279,6 +283,7 @@ impl Machine {
         lock(&self.serial).reset();
         lock(&self.pit).reset();
         lock(&self.i8042).reset();
+        lock(&self.rtc).reset();
         self.apics.reset();
     }
 }
