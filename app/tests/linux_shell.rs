@@ -75,7 +75,10 @@ fn shell_on_the_serial_port_with_four_vcpus_and_5g() {
     });
     // Each step: what to wait for, then what to type.
     let steps: [(&str, &str); 3] = [
-        ("VIREO-CMD-END", "echo cpus=$(nproc) sum=$((6*7))\n"),
+        (
+            "VIREO-CMD-END",
+            "echo cpus=$(nproc) sum=$((6*7)); echo epo\"ch=$(date +%s)\"\n",
+        ),
         (
             "sum=42",
             "awk '/MemTotal/ {print \"mem\" \"total=\" $2}' /proc/meminfo; \
@@ -133,4 +136,14 @@ fn shell_on_the_serial_port_with_four_vcpus_and_5g() {
         "Normal zone pages:\n{text}"
     );
     assert!(text.contains("0-3"), "online CPUs:\n{text}");
+    // The guest's clock comes from the RTC: the host's UTC time.
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("host clock")
+        .as_secs();
+    let guest = field(&text, "epoch=");
+    assert!(
+        guest.abs_diff(host) < 900,
+        "guest time {guest}, host time {host}:\n{text}"
+    );
 }
