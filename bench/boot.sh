@@ -8,8 +8,11 @@
 # -no-reboot), peak RSS, and the guest's CPU-bound benchmark time
 # (guest-check --bench, measured inside the guest).
 #
-#   bench/boot.sh [-n RUNS] [--no-build] [--no-qemu] [--smp "1 2"]
+#   bench/boot.sh [-n RUNS] [--no-build] [--no-qemu] [--smp "1 2"] [--interp]
 #
+# vireo-soft rows are the software CPU as shipped (interpreter plus the
+# Cranelift JIT for hot 64-bit code); --interp adds a vireo-interp-smp1 row
+# with the JIT off (VIREO_JIT=off), the interpreter alone.
 # Needs python3 (to timestamp the serial stream and read each child's peak
 # RSS). QEMU comes from bench/fetch-qemu.sh; the fixtures from
 # tests/fixtures/ (cached under $VIREO_CACHE or ~/.cache/vireo).
@@ -21,13 +24,15 @@ runs=3
 build=1
 qemu=1
 smps="1 2"
+interp=0
 while [ $# -gt 0 ]; do
     case $1 in
         -n) runs=$2; shift 2 ;;
         --no-build) build=0; shift ;;
         --no-qemu) qemu=0; shift ;;
         --smp) smps=$2; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --interp) interp=1; shift ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "boot.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -53,6 +58,9 @@ configs=()
 for n in $smps; do
     configs+=("vireo-soft-smp$n|$vireo run --kernel $kernel --initrd $initrd -m 512M --smp $n --accel soft --no-reboot --serial stdio --append")
 done
+if [ "$interp" = 1 ]; then
+    configs+=("vireo-interp-smp1|env VIREO_JIT=off $vireo run --kernel $kernel --initrd $initrd -m 512M --smp 1 --accel soft --no-reboot --serial stdio --append")
+fi
 if [ "$qemu" = 1 ]; then
     echo "== fetching QEMU 7.2 (bench/fetch-qemu.sh)" >&2
     qemu_bin=$(bench/fetch-qemu.sh | tail -1)

@@ -71,6 +71,10 @@ pub(crate) struct Jit {
     ctx: cranelift_codegen::Context,
     fctx: FunctionBuilderContext,
     code_bytes: usize,
+    /// Host code kept before starting afresh ([`MAX_CODE`]; tests lower it).
+    pub(crate) max_code: usize,
+    /// Times the code memory was freed and started afresh.
+    pub(crate) resets: u64,
     /// Blocks translated (for statistics).
     pub(crate) blocks: u64,
 }
@@ -129,6 +133,8 @@ impl Jit {
             ctx,
             fctx,
             code_bytes: 0,
+            max_code: MAX_CODE,
+            resets: 0,
             blocks: 0,
         })
     }
@@ -136,7 +142,7 @@ impl Jit {
     /// True when the code memory is used up: the caller must drop every
     /// translated block and call [`Jit::reset`].
     pub(crate) fn full(&self) -> bool {
-        self.code_bytes > MAX_CODE
+        self.code_bytes > self.max_code
     }
 
     /// Frees all host code.
@@ -152,6 +158,7 @@ impl Jit {
         self.enter = build_enter(&mut module, &mut self.ctx, &mut self.fctx)?;
         self.module = Some(module);
         self.code_bytes = 0;
+        self.resets += 1;
         Ok(())
     }
 

@@ -549,6 +549,35 @@ fn translated_blocks_match_the_interpreter() {
     );
 }
 
+/// With little code memory the translator starts afresh again and again
+/// (freeing all host code between blocks); results stay the same.
+#[test]
+fn translator_restarts_when_its_code_memory_is_full() {
+    let codes = codes();
+    let mut reference = machine();
+    reference.set_jit(None);
+    let mut jit = machine();
+    jit.set_jit(Some(1));
+    let mut rng = StdRng::seed_from_u64(0x7e57_0003);
+    for it in 0..400 {
+        let (code, n) = random_block(&mut rng, &codes);
+        check(
+            &mut rng,
+            &mut reference,
+            &mut jit,
+            &code,
+            n,
+            n as u64 + 8,
+            it,
+        );
+        if let Some(j) = jit.jit.as_mut() {
+            j.max_code = 16 << 10;
+        }
+    }
+    let resets = jit.jit.as_ref().map_or(0, |j| j.resets);
+    assert!(resets > 5, "only {resets} restarts");
+}
+
 /// Loops: a random body and `dec r13d; jnz` back to its start, so the
 /// translated block enters itself directly; the budget sometimes stops it
 /// half-way.
