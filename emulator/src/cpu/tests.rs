@@ -289,3 +289,71 @@ fn tests_long_mode(cpu: &mut Cpu) {
     cpu.seg[SS] = Segment::flat32(16, false);
     cpu.flush_tlb(false);
 }
+
+/// Whether the host CPU is an AMD one (CPUID leaf 0 vendor string; Hygon's
+/// Zen-based parts included). The emulated CPU is an Intel one, so the tests
+/// that compare it with the host allow, on such hosts, for the places where
+/// AMD documents a different behaviour (each cited where it is masked).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn host_is_amd() -> bool {
+    let r = std::arch::x86_64::__cpuid(0);
+    let mut v = [0u8; 12];
+    v[..4].copy_from_slice(&r.ebx.to_le_bytes());
+    v[4..8].copy_from_slice(&r.edx.to_le_bytes());
+    v[8..].copy_from_slice(&r.ecx.to_le_bytes());
+    &v == b"AuthenticAMD" || &v == b"HygonGenuine"
+}
+
+/// SIGFPE for the host-differential tests (#DE, unmasked #XM raised by the
+/// instruction under test): one process-wide handler that skips the
+/// faulting instruction, its length and the outcome kept per thread. (Each
+/// test module installing its own handler let the last one installed
+/// replace the other, which then re-ran a faulting instruction forever.)
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod host_fpe {
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Length of the instruction under test on this thread.
+        static SKIP: Cell<i64> = const { Cell::new(0) };
+        /// Set when it raised SIGFPE.
+        static HIT: Cell<bool> = const { Cell::new(false) };
+    }
+
+    extern "C" fn on_sigfpe(_: libc::c_int, _: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        let uc = ctx as *mut libc::ucontext_t;
+        // SAFETY: the kernel passes a valid ucontext for SA_SIGINFO handlers;
+        // only the saved RIP is moved past the faulting instruction (which
+        // changed nothing, or only MXCSR flags). The signal is synchronous,
+        // so it runs on the thread that armed SKIP.
+        unsafe {
+            (*uc).uc_mcontext.gregs[libc::REG_RIP as usize] += SKIP.with(|s| s.get());
+        }
+        HIT.with(|h| h.set(true));
+    }
+
+    /// Installs the handler (once per process) and arms it for an
+    /// instruction of `len` bytes run natively next on this thread.
+    pub(crate) fn arm(len: usize) {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: installs a handler that only touches thread-local
+            // cells and the signal context; the sigaction struct is zeroed
+            // first. Nothing else in the test binary handles SIGFPE.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = on_sigfpe as *const () as usize;
+                sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
+                libc::sigemptyset(&mut sa.sa_mask);
+                assert_eq!(libc::sigaction(libc::SIGFPE, &sa, std::ptr::null_mut()), 0);
+            }
+        });
+        SKIP.with(|s| s.set(len as i64));
+        HIT.with(|h| h.set(false));
+    }
+
+    /// Whether the instruction armed for raised SIGFPE (and was skipped).
+    pub(crate) fn hit() -> bool {
+        HIT.with(|h| h.get())
+    }
+}
