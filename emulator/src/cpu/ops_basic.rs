@@ -6,6 +6,64 @@ use super::flags::{self, sign_bit, size_mask, CF, DF, IF, IOPL};
 use super::{reg, Cpu, Exc, R};
 use iced_x86::{Instruction, Mnemonic as M, OpKind};
 
+/// Jcc, SETcc and CMOVcc, in condition-code order (Jcc's low nibble).
+pub(crate) const JCC: [M; 16] = [
+    M::Jo,
+    M::Jno,
+    M::Jb,
+    M::Jae,
+    M::Je,
+    M::Jne,
+    M::Jbe,
+    M::Ja,
+    M::Js,
+    M::Jns,
+    M::Jp,
+    M::Jnp,
+    M::Jl,
+    M::Jge,
+    M::Jle,
+    M::Jg,
+];
+/// SETcc, as [`JCC`].
+pub(crate) const SETCC: [M; 16] = [
+    M::Seto,
+    M::Setno,
+    M::Setb,
+    M::Setae,
+    M::Sete,
+    M::Setne,
+    M::Setbe,
+    M::Seta,
+    M::Sets,
+    M::Setns,
+    M::Setp,
+    M::Setnp,
+    M::Setl,
+    M::Setge,
+    M::Setle,
+    M::Setg,
+];
+/// CMOVcc, as [`JCC`].
+pub(crate) const CMOVCC: [M; 16] = [
+    M::Cmovo,
+    M::Cmovno,
+    M::Cmovb,
+    M::Cmovae,
+    M::Cmove,
+    M::Cmovne,
+    M::Cmovbe,
+    M::Cmova,
+    M::Cmovs,
+    M::Cmovns,
+    M::Cmovp,
+    M::Cmovnp,
+    M::Cmovl,
+    M::Cmovge,
+    M::Cmovle,
+    M::Cmovg,
+];
+
 pub(super) fn lookup(ins: &Instruction) -> Option<Handler> {
     Some(match ins.mnemonic() {
         M::Mov => {
@@ -63,54 +121,9 @@ pub(super) fn lookup(ins: &Instruction) -> Option<Handler> {
             _ => return None,
         },
         M::Ret => ret_near,
-        M::Jo
-        | M::Jno
-        | M::Jb
-        | M::Jae
-        | M::Je
-        | M::Jne
-        | M::Jbe
-        | M::Ja
-        | M::Js
-        | M::Jns
-        | M::Jp
-        | M::Jnp
-        | M::Jl
-        | M::Jge
-        | M::Jle
-        | M::Jg => jcc,
-        M::Seto
-        | M::Setno
-        | M::Setb
-        | M::Setae
-        | M::Sete
-        | M::Setne
-        | M::Setbe
-        | M::Seta
-        | M::Sets
-        | M::Setns
-        | M::Setp
-        | M::Setnp
-        | M::Setl
-        | M::Setge
-        | M::Setle
-        | M::Setg => setcc,
-        M::Cmovo
-        | M::Cmovno
-        | M::Cmovb
-        | M::Cmovae
-        | M::Cmove
-        | M::Cmovne
-        | M::Cmovbe
-        | M::Cmova
-        | M::Cmovs
-        | M::Cmovns
-        | M::Cmovp
-        | M::Cmovnp
-        | M::Cmovl
-        | M::Cmovge
-        | M::Cmovle
-        | M::Cmovg => cmovcc,
+        m if JCC.contains(&m) => jcc,
+        m if SETCC.contains(&m) => setcc,
+        m if CMOVCC.contains(&m) => cmovcc,
         M::Loop | M::Loope | M::Loopne => loop_,
         M::Jcxz | M::Jecxz | M::Jrcxz => jcxz,
         M::Xchg => xchg,

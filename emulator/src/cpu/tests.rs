@@ -269,13 +269,10 @@ fn lock_cmpxchg16b_on_smp() {
     assert_eq!(cpu.space.read_phys(0x2008, 8), 4);
 }
 
-/// Long mode with the first 2 MiB identity-mapped (page tables at 0x10000).
-fn tests_long_mode(cpu: &mut Cpu) {
-    let ram = &cpu.space.ram;
-    ram.write_bytes(0x10000, &(0x11000u64 | 3).to_le_bytes());
-    ram.write_bytes(0x11000, &(0x12000u64 | 3).to_le_bytes());
-    ram.write_bytes(0x12000, &0x83u64.to_le_bytes());
-    cpu.cr3 = 0x10000;
+/// Puts `cpu` in 64-bit mode with paging from `cr3` and a flat 64-bit code
+/// segment (selector 8).
+pub(crate) fn enter_long_mode(cpu: &mut Cpu, cr3: u64) {
+    cpu.cr3 = cr3;
     cpu.cr4 |= cr4::PAE;
     cpu.efer |= efer::LME | efer::LMA;
     cpu.cr0 |= cr0::PE | cr0::PG;
@@ -285,6 +282,15 @@ fn tests_long_mode(cpu: &mut Cpu) {
         limit: 0xffff_ffff,
         attr: attr::P | attr::S | attr::L | attr::G | 0xb,
     };
+}
+
+/// Long mode with the first 2 MiB identity-mapped (page tables at 0x10000).
+fn tests_long_mode(cpu: &mut Cpu) {
+    let ram = &cpu.space.ram;
+    ram.write_bytes(0x10000, &(0x11000u64 | 3).to_le_bytes());
+    ram.write_bytes(0x11000, &(0x12000u64 | 3).to_le_bytes());
+    ram.write_bytes(0x12000, &0x83u64.to_le_bytes());
+    enter_long_mode(cpu, 0x10000);
     cpu.seg[DS] = Segment::flat32(16, false);
     cpu.seg[SS] = Segment::flat32(16, false);
     cpu.flush_tlb(false);

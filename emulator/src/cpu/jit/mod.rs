@@ -17,6 +17,7 @@
 use super::exec::Insn;
 use super::flags::{FlagOp, Flags};
 use super::mmu::{layout as tlb, Tlb};
+use super::ops_basic::{CMOVCC, JCC, SETCC};
 use super::{Cpu, Exc, Segment, FS};
 use cranelift_codegen::ir::condcodes::CondCode;
 use cranelift_codegen::ir::{
@@ -86,25 +87,12 @@ unsafe impl Send for Jit {}
 fn new_module() -> Result<JITModule, String> {
     let mut fb = settings::builder();
     for (k, v) in [
-        (
-            "opt_level",
-            if std::env::var("VIREO_JIT_OPT").is_ok_and(|v| v == "none") {
-                "none"
-            } else {
-                "speed"
-            },
-        ),
+        // "speed" against "none", and the backtracking register allocator
+        // against "single_pass", each won on the Linux boot.
+        ("opt_level", "speed"),
         ("use_colocated_libcalls", "false"),
         ("is_pic", "false"),
         ("enable_verifier", "false"),
-        (
-            "regalloc_algorithm",
-            if std::env::var("VIREO_JIT_RA").is_ok_and(|v| v == "fast") {
-                "single_pass"
-            } else {
-                "backtracking"
-            },
-        ),
         // Tail calls between blocks need frame pointers.
         ("preserve_frame_pointers", "true"),
     ] {
@@ -529,57 +517,9 @@ fn native(d: &Insn, smp: bool) -> bool {
                 && canonical(d.imm)
         }
         M::Ret => n == 0 && ins.stack_pointer_increment() == 8,
-        _ if ins.condition_code() != iced_x86::ConditionCode::None => match ins.mnemonic() {
-            M::Jo
-            | M::Jno
-            | M::Jb
-            | M::Jae
-            | M::Je
-            | M::Jne
-            | M::Jbe
-            | M::Ja
-            | M::Js
-            | M::Jns
-            | M::Jp
-            | M::Jnp
-            | M::Jl
-            | M::Jge
-            | M::Jle
-            | M::Jg => ins.op0_kind() == OpKind::NearBranch64 && canonical(d.imm),
-            M::Seto
-            | M::Setno
-            | M::Setb
-            | M::Setae
-            | M::Sete
-            | M::Setne
-            | M::Setbe
-            | M::Seta
-            | M::Sets
-            | M::Setns
-            | M::Setp
-            | M::Setnp
-            | M::Setl
-            | M::Setge
-            | M::Setle
-            | M::Setg => n == 1 && rm_op(d, 0),
-            M::Cmovo
-            | M::Cmovno
-            | M::Cmovb
-            | M::Cmovae
-            | M::Cmove
-            | M::Cmovne
-            | M::Cmovbe
-            | M::Cmova
-            | M::Cmovs
-            | M::Cmovns
-            | M::Cmovp
-            | M::Cmovnp
-            | M::Cmovl
-            | M::Cmovge
-            | M::Cmovle
-            | M::Cmovg => n == 2 && matches!(s, 2 | 4 | 8) && gpr_op(d, 0) && rm_op(d, 1),
-            _ => false,
-        },
+        m if JCC.contains(&m) => ins.op0_kind() == OpKind::NearBranch64 && canonical(d.imm),
+        m if SETCC.contains(&m) => n == 1 && rm_op(d, 0),
+        m if CMOVCC.contains(&m) => n == 2 && matches!(s, 2 | 4 | 8) && gpr_op(d, 0) && rm_op(d, 1),
         _ => false,
     }
 }
@@ -718,13 +658,21 @@ impl<'f> Tx<'f> {
     /// their memory accesses, so an exit before an instruction never sees
     /// its writes.
     fn flush_regs(&mut self) {
+        self.store_dirty(true);
+    }
+
+    /// Stores the dirty registers; marks them clean if `clean` (on the main
+    /// path; not on a path that leaves it).
+    fn store_dirty(&mut self, clean: bool) {
         for i in 0..16 {
             if self.state[i] == RegState::Dirty {
                 let v = self.b.use_var(self.regs[i]);
                 self.b
                     .ins()
                     .store(MemFlagsData::trusted(), v, self.cpu, GPR + 8 * i as i32);
-                self.state[i] = RegState::Clean;
+                if clean {
+                    self.state[i] = RegState::Clean;
+                }
             }
         }
     }
@@ -787,14 +735,7 @@ impl<'f> Tx<'f> {
     /// Stores dirty registers and pending flags (the state stays as it is:
     /// for a path that leaves the main one).
     fn spill(&mut self) {
-        for i in 0..16 {
-            if self.state[i] == RegState::Dirty {
-                let v = self.b.use_var(self.regs[i]);
-                self.b
-                    .ins()
-                    .store(MemFlagsData::trusted(), v, self.cpu, GPR + 8 * i as i32);
-            }
-        }
+        self.store_dirty(false);
         if self.lazy_dirty {
             if let Some(l) = self.lazy {
                 let t = MemFlagsData::trusted();
@@ -1096,11 +1037,12 @@ impl<'f> Tx<'f> {
             .jump(tail, &[BlockArg::Value(r), BlockArg::Value(n)]);
     }
 
-    /// Reads `size` bytes at linear `lin` (zero-extended to 64 bits) where
-    /// the TLB maps it, else leaves through [`Tx::side_exit`].
-    fn load(&mut self, lin: Value, size: u8, ip: u64) -> Value {
+    /// The host address of an access of `size` bytes at linear `lin` where
+    /// `table` (the read or the write TLB) maps it, else leaves through
+    /// [`Tx::side_exit`].
+    fn host_address(&mut self, table: Value, lin: Value, size: u8, ip: u64) -> Value {
         self.flush_regs();
-        let (ent, hit) = self.tlb_hit(self.tlb_r, lin, size);
+        let (ent, hit) = self.tlb_hit(table, lin, size);
         let fast = self.side();
         let slow = self.side();
         self.b.ins().brif(hit, fast, &[], slow, &[]);
@@ -1111,7 +1053,12 @@ impl<'f> Tx<'f> {
             .b
             .ins()
             .load(types::I64, MemFlagsData::trusted(), ent, tlb::ADDEND);
-        let host = self.b.ins().iadd(lin, add);
+        self.b.ins().iadd(lin, add)
+    }
+
+    /// Reads `size` bytes at linear `lin`, zero-extended to 64 bits.
+    fn load(&mut self, lin: Value, size: u8, ip: u64) -> Value {
+        let host = self.host_address(self.tlb_r, lin, size, ip);
         let flags = MemFlagsData::new().with_notrap();
         let v = self.b.ins().load(int_type(size), flags, host, 0);
         if size < 8 {
@@ -1121,23 +1068,10 @@ impl<'f> Tx<'f> {
         }
     }
 
-    /// Writes the low `size` bytes of `v` at linear `lin` where the TLB maps
-    /// it for writing (never a page holding code), else leaves through
-    /// [`Tx::side_exit`].
+    /// Writes the low `size` bytes of `v` at linear `lin` (the write TLB
+    /// never maps a page holding code).
     fn store(&mut self, lin: Value, size: u8, v: Value, ip: u64) {
-        self.flush_regs();
-        let (ent, hit) = self.tlb_hit(self.tlb_w, lin, size);
-        let fast = self.side();
-        let slow = self.side();
-        self.b.ins().brif(hit, fast, &[], slow, &[]);
-        self.b.switch_to_block(slow);
-        self.side_exit(ip);
-        self.b.switch_to_block(fast);
-        let add = self
-            .b
-            .ins()
-            .load(types::I64, MemFlagsData::trusted(), ent, tlb::ADDEND);
-        let host = self.b.ins().iadd(lin, add);
+        let host = self.host_address(self.tlb_w, lin, size, ip);
         let nv = if size < 8 {
             self.b.ins().ireduce(int_type(size), v)
         } else {
@@ -1444,6 +1378,41 @@ impl<'f> Tx<'f> {
         }
     }
 
+    /// SHL/SHR/SAR of the `s`-byte value `v` by `cnt` (1 ≤ cnt < 8·s):
+    /// the unmasked result, and CF and OF in bit 0 of their values (OF as
+    /// for a count of 1, as the interpreter computes it).
+    fn shift_value(&mut self, m: M, s: u8, v: Value, cnt: Value) -> (Value, Value, Value) {
+        let w = s as i64 * 8;
+        let one_less = self.b.ins().iadd_imm_s(cnt, -1);
+        let msb = self.b.ins().ushr_imm_s(v, w - 1);
+        match m {
+            M::Shl => {
+                let r = self.b.ins().ishl(v, cnt);
+                let wc = self.c64(w);
+                let back = self.b.ins().isub(wc, cnt);
+                let cf = self.b.ins().ushr(v, back);
+                let hi = self.b.ins().ushr_imm_s(v, w - 2);
+                (r, cf, self.b.ins().bxor(msb, hi))
+            }
+            M::Shr => {
+                let r = self.b.ins().ushr(v, cnt);
+                let cf = self.b.ins().ushr(v, one_less);
+                (r, cf, msb)
+            }
+            _ => {
+                let sv = if s < 8 {
+                    let n = self.narrow(v, s);
+                    self.b.ins().sextend(types::I64, n)
+                } else {
+                    v
+                };
+                let r = self.b.ins().sshr(sv, cnt);
+                let cf = self.b.ins().sshr(sv, one_less);
+                (r, cf, self.c64(0))
+            }
+        }
+    }
+
     /// SHL/SHR/SAR of a 32/64-bit register by CL: a count of 0 changes
     /// neither the flags nor the value (but a 32-bit register is still
     /// written, so zero-extended); flags go to memory either way.
@@ -1470,34 +1439,7 @@ impl<'f> Tx<'f> {
         self.b.ins().jump(merge, &[]);
 
         self.b.switch_to_block(shift);
-        let one_less = self.b.ins().iadd_imm_s(cnt, -1);
-        let msb = self.b.ins().ushr_imm_s(v, w - 1);
-        let (r, cf, of) = match d.ins.mnemonic() {
-            M::Shl => {
-                let r = self.b.ins().ishl(v, cnt);
-                let wc = self.c64(w);
-                let back = self.b.ins().isub(wc, cnt);
-                let cf = self.b.ins().ushr(v, back);
-                let hi = self.b.ins().ushr_imm_s(v, w - 2);
-                (r, cf, self.b.ins().bxor(msb, hi))
-            }
-            M::Shr => {
-                let r = self.b.ins().ushr(v, cnt);
-                let cf = self.b.ins().ushr(v, one_less);
-                (r, cf, msb)
-            }
-            _ => {
-                let sv = if s < 8 {
-                    let n = self.narrow(v, s);
-                    self.b.ins().sextend(types::I64, n)
-                } else {
-                    v
-                };
-                let r = self.b.ins().sshr(sv, cnt);
-                let cf = self.b.ins().sshr(sv, one_less);
-                (r, cf, self.c64(0))
-            }
-        };
+        let (r, cf, of) = self.shift_value(d.ins.mnemonic(), s, v, cnt);
         let r = self.zext(r, s);
         let cf = self.b.ins().band_imm_s(cf, 1);
         let of = self.b.ins().band_imm_s(of, 1);
@@ -1626,38 +1568,11 @@ impl<'f> Tx<'f> {
                 self.shift_cl(d);
             }
             M::Shl | M::Shr | M::Sar => {
-                let w = s as i64 * 8;
                 let cnt = (d.imm & if s == 8 { 63 } else { 31 }) as i64;
                 let l = self.loc(d, 0);
                 let v = self.read_loc(d, l, s);
-                let (r, cf, of) = match mnem {
-                    M::Shl => {
-                        let r = self.b.ins().ishl_imm_s(v, cnt);
-                        let cf = self.b.ins().ushr_imm_s(v, w - cnt);
-                        let hi = self.b.ins().ushr_imm_s(v, w - 2);
-                        let m = self.b.ins().ushr_imm_s(v, w - 1);
-                        let o = self.b.ins().bxor(m, hi);
-                        (r, cf, o)
-                    }
-                    M::Shr => {
-                        let r = self.b.ins().ushr_imm_s(v, cnt);
-                        let cf = self.b.ins().ushr_imm_s(v, cnt - 1);
-                        let of = self.b.ins().ushr_imm_s(v, w - 1);
-                        (r, cf, of)
-                    }
-                    _ => {
-                        let sv = if s < 8 {
-                            let n = self.narrow(v, s);
-                            self.b.ins().sextend(types::I64, n)
-                        } else {
-                            v
-                        };
-                        let r = self.b.ins().sshr_imm_s(sv, cnt);
-                        let cf = self.b.ins().sshr_imm_s(sv, cnt - 1);
-                        let of = self.c64(0);
-                        (r, cf, of)
-                    }
-                };
+                let cv = self.c64(cnt);
+                let (r, cf, of) = self.shift_value(mnem, s, v, cv);
                 let r = if s < 8 { self.zext(r, s) } else { r };
                 let cf = self.b.ins().band_imm_s(cf, 1);
                 let of = self.b.ins().band_imm_s(of, 1);
@@ -1749,62 +1664,26 @@ impl<'f> Tx<'f> {
                 self.term = Some(Term::Indirect(Some(t)));
                 return Some(t);
             }
+            m if JCC.contains(&m) => {
+                let c = self.cond(d.cc);
+                let t = self.c64(d.imm as i64);
+                let f = self.c64(next as i64);
+                self.term = Some(Term::Cond(c, d.imm, next));
+                return Some(self.b.ins().select(c, t, f));
+            }
+            m if SETCC.contains(&m) => {
+                let c = self.cond(d.cc);
+                let v = self.b.ins().uextend(types::I64, c);
+                let l = self.loc(d, 0);
+                self.write_loc(d, l, 1, v);
+            }
             _ => {
-                let cc = d.cc;
-                match mnem {
-                    M::Jo
-                    | M::Jno
-                    | M::Jb
-                    | M::Jae
-                    | M::Je
-                    | M::Jne
-                    | M::Jbe
-                    | M::Ja
-                    | M::Js
-                    | M::Jns
-                    | M::Jp
-                    | M::Jnp
-                    | M::Jl
-                    | M::Jge
-                    | M::Jle
-                    | M::Jg => {
-                        let c = self.cond(cc);
-                        let t = self.c64(d.imm as i64);
-                        let f = self.c64(next as i64);
-                        self.term = Some(Term::Cond(c, d.imm, next));
-                        return Some(self.b.ins().select(c, t, f));
-                    }
-                    M::Seto
-                    | M::Setno
-                    | M::Setb
-                    | M::Setae
-                    | M::Sete
-                    | M::Setne
-                    | M::Setbe
-                    | M::Seta
-                    | M::Sets
-                    | M::Setns
-                    | M::Setp
-                    | M::Setnp
-                    | M::Setl
-                    | M::Setge
-                    | M::Setle
-                    | M::Setg => {
-                        let c = self.cond(cc);
-                        let v = self.b.ins().uextend(types::I64, c);
-                        let l = self.loc(d, 0);
-                        self.write_loc(d, l, 1, v);
-                        return None;
-                    }
-                    _ => {
-                        // CMOVcc: the source is read whatever the condition.
-                        let v = self.read(d, 1, s);
-                        let c = self.cond(cc);
-                        let cur = self.reg(ins.op0_register());
-                        let r = self.b.ins().select(c, v, cur);
-                        self.set_reg(ins.op0_register(), r);
-                    }
-                }
+                // CMOVcc: the source is read whatever the condition.
+                let v = self.read(d, 1, s);
+                let c = self.cond(d.cc);
+                let cur = self.reg(ins.op0_register());
+                let r = self.b.ins().select(c, v, cur);
+                self.set_reg(ins.op0_register(), r);
             }
         }
         None

@@ -3,7 +3,7 @@
 //! same registers, flags, memory, exceptions and instruction count.
 
 use crate::bus::AddressSpace;
-use crate::cpu::{attr, cr0, cr4, efer, Cpu, CpuExit, Segment, CS, DS, ES, FS, GS, SS};
+use crate::cpu::{Cpu, CpuExit, Segment, DS, ES, FS, GS, SS};
 use crate::memory::GuestRam;
 use iced_x86::{
     Code, Encoder, Instruction, MemoryOperand, Mnemonic as M, OpCodeOperandKind as K, Register,
@@ -56,16 +56,7 @@ fn machine() -> Cpu {
     ram.write_bytes(GDT + 16, &0x00cf_9200_0000_ffffu64.to_le_bytes());
     let space = Arc::new(AddressSpace::new(ram));
     let mut cpu = Cpu::new(space);
-    cpu.cr3 = PML4;
-    cpu.cr4 |= cr4::PAE;
-    cpu.efer |= efer::LME | efer::LMA;
-    cpu.cr0 |= cr0::PE | cr0::PG;
-    cpu.seg[CS] = Segment {
-        selector: 8,
-        base: 0,
-        limit: 0xffff_ffff,
-        attr: attr::P | attr::S | attr::L | attr::G | 0xb,
-    };
+    crate::cpu::tests::enter_long_mode(&mut cpu, PML4);
     for s in [ES, SS, DS, GS] {
         cpu.seg[s] = Segment::flat32(16, false);
     }
@@ -521,59 +512,47 @@ fn check(
     }
 }
 
-#[test]
-fn translated_blocks_match_the_interpreter() {
-    let codes = codes();
-    assert!(codes.len() > 200, "only {} instruction forms", codes.len());
+/// An interpreting CPU and one that translates every block it meets.
+fn pair() -> (Cpu, Cpu) {
     let mut reference = machine();
     reference.set_jit(None);
     let mut jit = machine();
     jit.set_jit(Some(1));
-    let mut rng = StdRng::seed_from_u64(0x7e57_0001);
-    for it in 0..3000 {
+    (reference, jit)
+}
+
+/// Checks `iters` random blocks from `seed`, calling `after` on the
+/// translating CPU after each; returns that CPU.
+fn random_blocks(seed: u64, iters: usize, mut after: impl FnMut(&mut Cpu)) -> Cpu {
+    let codes = codes();
+    assert!(codes.len() > 200, "only {} instruction forms", codes.len());
+    let (mut reference, mut jit) = pair();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for it in 0..iters {
         let (code, n) = random_block(&mut rng, &codes);
-        check(
-            &mut rng,
-            &mut reference,
-            &mut jit,
-            &code,
-            n,
-            n as u64 + 8,
-            it,
-        );
+        let budget = n as u64 + 8;
+        check(&mut rng, &mut reference, &mut jit, &code, n, budget, it);
+        after(&mut jit);
     }
-    assert!(
-        jit.jit_blocks() > 3000,
-        "only {} blocks translated",
-        jit.jit_blocks()
-    );
+    jit
+}
+
+#[test]
+fn translated_blocks_match_the_interpreter() {
+    let jit = random_blocks(0x7e57_0001, 3000, |_| {});
+    let n = jit.jit_blocks();
+    assert!(n > 3000, "only {n} blocks translated");
 }
 
 /// With little code memory the translator starts afresh again and again
 /// (freeing all host code between blocks); results stay the same.
 #[test]
 fn translator_restarts_when_its_code_memory_is_full() {
-    let codes = codes();
-    let mut reference = machine();
-    reference.set_jit(None);
-    let mut jit = machine();
-    jit.set_jit(Some(1));
-    let mut rng = StdRng::seed_from_u64(0x7e57_0003);
-    for it in 0..400 {
-        let (code, n) = random_block(&mut rng, &codes);
-        check(
-            &mut rng,
-            &mut reference,
-            &mut jit,
-            &code,
-            n,
-            n as u64 + 8,
-            it,
-        );
-        if let Some(j) = jit.jit.as_mut() {
+    let jit = random_blocks(0x7e57_0003, 400, |cpu| {
+        if let Some(j) = cpu.jit.as_mut() {
             j.max_code = 16 << 10;
         }
-    }
+    });
     let resets = jit.jit.as_ref().map_or(0, |j| j.resets);
     assert!(resets > 5, "only {resets} restarts");
 }
@@ -584,10 +563,7 @@ fn translator_restarts_when_its_code_memory_is_full() {
 #[test]
 fn translated_loops_match_the_interpreter() {
     let codes = codes();
-    let mut reference = machine();
-    reference.set_jit(None);
-    let mut jit = machine();
-    jit.set_jit(Some(1));
+    let (mut reference, mut jit) = pair();
     let mut rng = StdRng::seed_from_u64(0x7e57_0002);
     for it in 0..1500 {
         let (mut code, n) = loop {
@@ -629,35 +605,10 @@ fn translated_loops_match_the_interpreter() {
             len as u64 * iters + 200
         };
         // R13 counts the iterations.
-        let mut seeded = StdRng::seed_from_u64(it as u64);
-        let _ = &mut seeded;
-        check_with_r13(
-            &mut rng,
-            &mut reference,
-            &mut jit,
-            &code,
-            len,
-            budget,
-            it,
-            iters,
-        );
+        R13.with(|r| r.set(Some(iters)));
+        check(&mut rng, &mut reference, &mut jit, &code, len, budget, it);
+        R13.with(|r| r.set(None));
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn check_with_r13(
-    rng: &mut StdRng,
-    reference: &mut Cpu,
-    jit: &mut Cpu,
-    code: &[u8],
-    n: usize,
-    budget: u64,
-    it: usize,
-    iters: u64,
-) {
-    R13.with(|r| r.set(Some(iters)));
-    check(rng, reference, jit, code, n, budget, it);
-    R13.with(|r| r.set(None));
 }
 
 thread_local! {
