@@ -615,3 +615,72 @@ thread_local! {
     /// A fixed start value for R13 (the loop counter), if set.
     static R13: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
 }
+
+/// Assembles 64-bit code at `CODE` with iced's assembler.
+fn assemble(f: impl FnOnce(&mut iced_x86::code_asm::CodeAssembler)) -> Vec<u8> {
+    let mut a = iced_x86::code_asm::CodeAssembler::new(64).expect("assembler");
+    f(&mut a);
+    a.assemble(CODE).expect("assemble")
+}
+
+/// A translated loop that rewrites an immediate in its own block on every
+/// iteration sees the new value on the next one, as the interpreter does
+/// (the store leaves translated code; the block is dropped and rebuilt).
+#[test]
+fn translated_loop_sees_its_own_code_change() {
+    use iced_x86::code_asm::*;
+    let code = assemble(|a| {
+        let mut top = a.create_label();
+        a.mov(ecx, 100u32).unwrap();
+        a.xor(ebx, ebx).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.mov(eax, 0x11u32).unwrap(); // at CODE + 7: b8 11 00 00 00
+        a.add(rbx, rax).unwrap();
+        a.mov(byte_ptr(CODE + 8), cl).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap();
+        a.hlt().unwrap();
+    });
+    assert_eq!(code[7..9], [0xb8, 0x11]);
+    let (mut reference, mut jit) = pair();
+    let mut sum = [0u64; 2];
+    for (i, cpu) in [&mut reference, &mut jit].into_iter().enumerate() {
+        cpu.space.ram.write_bytes(CODE, &code);
+        cpu.cache.clear();
+        cpu.gpr[4] = STACK + 0x800;
+        cpu.rip = CODE;
+        assert_eq!(cpu.run(10_000), CpuExit::Halted);
+        sum[i] = cpu.gpr[3];
+    }
+    // 0x11 first, then the count of the iteration before: 100 down to 2.
+    assert_eq!(sum[0], 0x11 + (2..=100).sum::<u64>());
+    assert_eq!(sum[1], sum[0]);
+    assert!(jit.jit_blocks() > 50, "{} blocks", jit.jit_blocks());
+}
+
+/// An endless translated loop still answers an exit request from another
+/// thread (it looks on every backward branch).
+#[test]
+fn exit_request_stops_an_endless_translated_loop() {
+    use iced_x86::code_asm::*;
+    let code = assemble(|a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top).unwrap();
+        a.add(rax, 1).unwrap();
+        a.jmp(top).unwrap();
+    });
+    let (_, mut jit) = pair();
+    jit.space.ram.write_bytes(CODE, &code);
+    jit.cache.clear();
+    jit.rip = CODE;
+    let flag = jit.exit_request.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        flag.store(true, std::sync::atomic::Ordering::Release);
+    });
+    assert_eq!(jit.run(u64::MAX), CpuExit::Requested);
+    t.join().expect("thread");
+    assert!(jit.jit_blocks() > 0);
+    // Every iteration counted: two instructions per RAX increment.
+    assert_eq!(jit.icount, 2 * jit.gpr[0]);
+}
