@@ -8,7 +8,6 @@ use crate::accel::{AccelExit, AccelKind, Accelerator, SoftAccel};
 use crate::boot::multiboot::{self, Module, MultibootError};
 use crate::boot::BootState;
 use crate::bus::lock;
-use crate::cpu::SharedCode;
 use crate::machine::{Machine, MachineError, MAX_VCPUS};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -292,7 +291,7 @@ fn choose_accels(
 ) -> Result<ChosenAccels, EngineError> {
     let n = machine.vcpus();
     let soft = || -> Vec<Box<dyn Accelerator>> {
-        let code = SharedCode::new(machine.space.ram.phys_end(), n);
+        let code = machine.code.clone();
         (0..n)
             .map(|i| {
                 Box::new(SoftAccel::for_vcpu(machine, i, code.clone())) as Box<dyn Accelerator>

@@ -1,16 +1,17 @@
 //! The PC machine for direct kernel boot: RAM plus the legacy devices
-//! (PIC, PIT, RTC/CMOS, COM1, i8042, isa-debug-exit, POST code port) on their usual
+//! (PIC, PIT, RTC/CMOS, COM1, i8042, fw_cfg, isa-debug-exit, POST code port) on their usual
 //! ports, a local APIC per vCPU and an I/O APIC (described to the guest by
 //! an MP table).
 
 use crate::apic::{Apics, IsaIrq, Waker};
 use crate::bus::{lock, AddressSpace, BusError, SharedDevice};
-use crate::cpu::{InterruptController, IrqState};
+use crate::cpu::{InterruptController, IrqState, SharedCode};
 use crate::memory::{GuestRam, MemoryError};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use thiserror::Error;
 use vireo_devices::debug_exit::DebugExit;
+use vireo_devices::fw_cfg::{key as fw_key, DmaMemory, FwCfg};
 use vireo_devices::i8042::{I8042Port, I8042};
 use vireo_devices::pic::{Pic, PicIrqLine, PicPorts};
 use vireo_devices::pit::{Pit, PortB};
@@ -117,6 +118,11 @@ pub struct Machine {
     pub i8042: Arc<Mutex<I8042>>,
     /// The MC146818 RTC and CMOS RAM (ports 0x70/0x71, IRQ 8).
     pub rtc: Arc<Mutex<Rtc>>,
+    /// QEMU's firmware configuration device (ports 0x510–0x51b).
+    pub fw_cfg: Arc<Mutex<FwCfg>>,
+    /// Which RAM pages hold code the software vCPUs decoded (shared by
+    /// them; device DMA into RAM goes through it).
+    pub code: Arc<SharedCode>,
     /// The local and I/O APICs.
     pub apics: Arc<Apics>,
     /// Reset/exit requests.
@@ -128,6 +134,37 @@ pub struct Machine {
     /// Bytes COM1 sent since the last [`Machine::take_serial_output`].
     serial_out: Arc<Mutex<Vec<u8>>>,
     clock: Arc<HostClock>,
+}
+
+/// Guest RAM as devices reach it by DMA: writes make the vCPUs drop code
+/// they decoded from the pages written.
+struct DmaRam {
+    /// Set once the address space is built (a weak link: the space owns the
+    /// devices that own this).
+    space: OnceLock<Weak<AddressSpace>>,
+    code: Arc<SharedCode>,
+}
+
+impl DmaMemory for DmaRam {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        match self.space.get().and_then(Weak::upgrade) {
+            Some(s) => s.ram.read_bytes(addr, buf),
+            None => false,
+        }
+    }
+
+    fn write(&self, addr: u64, data: &[u8]) -> bool {
+        match self.space.get().and_then(Weak::upgrade) {
+            Some(s) => {
+                let ok = s.ram.write_bytes(addr, data);
+                if ok {
+                    self.code.note_device_write(addr, data.len() as u64);
+                }
+                ok
+            }
+            None => false,
+        }
+    }
 }
 
 impl Machine {
@@ -187,6 +224,20 @@ impl Machine {
         let debug_exit = Arc::new(Mutex::new(DebugExit::new(control.clone())));
         let rtc = Arc::new(Mutex::new(Rtc::with_host_time(clock.clone(), irq(8))));
         space.pio.insert(0x70, 2, rtc.clone() as SharedDevice)?;
+        let code = SharedCode::new(space.ram.phys_end(), vcpus);
+        let dma = Arc::new(DmaRam {
+            space: OnceLock::new(),
+            code: code.clone(),
+        });
+        let mut fw = FwCfg::new(dma.clone());
+        fw.add_item(fw_key::RAM_SIZE, memory.to_le_bytes().to_vec());
+        fw.add_item(fw_key::NB_CPUS, (vcpus as u16).to_le_bytes().to_vec());
+        fw.add_item(fw_key::MAX_CPUS, (vcpus as u16).to_le_bytes().to_vec());
+        fw.add_item(fw_key::NOGRAPHIC, 1u16.to_le_bytes().to_vec());
+        let fw_cfg = Arc::new(Mutex::new(fw));
+        space
+            .pio
+            .insert(0x510, 12, fw_cfg.clone() as SharedDevice)?;
 
         space
             .pio
@@ -227,13 +278,17 @@ impl Machine {
             Arc::new(Mutex::new(apics.ioapic_mmio())),
         )?;
 
+        let space = Arc::new(space);
+        let _ = dma.space.set(Arc::downgrade(&space));
         Ok(Machine {
-            space: Arc::new(space),
+            space,
             pic,
             pit,
             serial,
             i8042,
             rtc,
+            fw_cfg,
+            code,
             apics,
             control,
             engine_waker,
@@ -285,5 +340,62 @@ impl Machine {
         lock(&self.i8042).reset();
         lock(&self.rtc).reset();
         self.apics.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::{Cpu, CpuExit, Segment, CS};
+
+    fn outw(m: &Machine, port: u64, v: u16) {
+        m.space.pio.write(port, &v.to_le_bytes());
+    }
+
+    /// fw_cfg answers on its ports, and a DMA transfer into RAM that holds
+    /// decoded code makes the vCPU run the new code.
+    #[test]
+    fn fw_cfg_dma_into_code_is_seen_by_the_cpu() {
+        let m = Machine::new(16 << 20, 1).expect("machine");
+        outw(&m, 0x510, fw_key::SIGNATURE);
+        let mut sig = [0u8; 4];
+        for b in sig.iter_mut() {
+            let mut x = [0u8];
+            m.space.pio.read(0x511, &mut x);
+            *b = x[0];
+        }
+        assert_eq!(&sig, b"QEMU");
+        outw(&m, 0x510, fw_key::NB_CPUS);
+        let mut x = [0u8];
+        m.space.pio.read(0x511, &mut x);
+        assert_eq!(x[0], 1);
+
+        // Real mode at 0:1000: mov al, 1; hlt.
+        m.space.ram.write_bytes(0x1000, &[0xb0, 0x01, 0xf4]);
+        let mut cpu = Cpu::new_vcpu(m.space.clone(), m.code.clone(), 0, m.clock_origin());
+        cpu.seg[CS] = Segment::real(0);
+        cpu.rip = 0x1000;
+        assert_eq!(cpu.run(100), CpuExit::Halted);
+        assert_eq!(cpu.gpr[0] & 0xff, 1);
+
+        // DMA "mov al, 2; hlt" over it from a fw_cfg file.
+        let k = crate::bus::lock(&m.fw_cfg)
+            .add_file("test/code", vec![0xb0, 0x02, 0xf4], false)
+            .expect("file");
+        let control: u32 = 0x08 | 0x02 | ((k as u32) << 16);
+        let mut d = control.to_be_bytes().to_vec();
+        d.extend_from_slice(&3u32.to_be_bytes());
+        d.extend_from_slice(&0x1000u64.to_be_bytes());
+        m.space.ram.write_bytes(0x2000, &d);
+        m.space.pio.write(0x514, &0u32.to_be_bytes());
+        m.space.pio.write(0x518, &0x2000u32.to_be_bytes());
+        let mut status = [0u8; 4];
+        m.space.ram.read_bytes(0x2000, &mut status);
+        assert_eq!(status, [0; 4], "DMA reported an error");
+
+        cpu.halted = false;
+        cpu.rip = 0x1000;
+        assert_eq!(cpu.run(100), CpuExit::Halted);
+        assert_eq!(cpu.gpr[0] & 0xff, 2);
     }
 }

@@ -247,6 +247,28 @@ impl SharedCode {
         }
     }
 
+    /// A device wrote guest RAM at `phys..phys + len` (DMA): every vCPU
+    /// drops the code it decoded from those pages at its next block
+    /// boundary.
+    pub fn note_device_write(&self, phys: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let first = phys & !0xfff;
+        let last = phys.saturating_add(len - 1) & !0xfff;
+        let mut page = first;
+        loop {
+            if self.is_code_page(page) {
+                self.unmark(page);
+                self.post_others(usize::MAX, CodeMsg::Drop(page));
+            }
+            if page >= last {
+                break;
+            }
+            page += 0x1000;
+        }
+    }
+
     /// Address of vCPU `me`'s "messages waiting" flag (an `AtomicBool`).
     pub(crate) fn pending_flag(&self, me: usize) -> usize {
         &self.pending[me] as *const AtomicBool as usize
