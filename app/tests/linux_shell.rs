@@ -84,7 +84,12 @@ fn shell_on_the_serial_port_with_four_vcpus_and_5g() {
             "awk '/MemTotal/ {print \"mem\" \"total=\" $2}' /proc/meminfo; \
              awk '/zone +Normal/ {z=1} z && /managed/ {print \"nor\" \"mal=\" $2; exit}' /proc/zoneinfo\n",
         ),
-        ("normal=", "cat /sys/devices/system/cpu/online; reboot -f\n"),
+        (
+            "normal=",
+            "cat /sys/devices/system/cpu/online; \
+             echo pci\"devs=$(cat /sys/bus/pci/devices/*/vendor /sys/bus/pci/devices/*/device | tr '\\n' ,)\"; \
+             reboot -f\n",
+        ),
     ];
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut out = Vec::new();
@@ -136,6 +141,11 @@ fn shell_on_the_serial_port_with_four_vcpus_and_5g() {
         "Normal zone pages:\n{text}"
     );
     assert!(text.contains("0-3"), "online CPUs:\n{text}");
+    // Linux found the chipset on PCI bus 0 (vendors, then devices).
+    assert!(
+        text.contains("pcidevs=0x8086,0x8086,0x1237,0x7000,"),
+        "PCI devices:\n{text}"
+    );
     // The guest's clock comes from the RTC: the host's UTC time.
     let host = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -1,5 +1,6 @@
 //! The PC machine for direct kernel boot: RAM plus the legacy devices
-//! (PIC, PIT, RTC/CMOS, COM1, i8042, fw_cfg, isa-debug-exit, POST code port) on their usual
+//! (PIC, PIT, RTC/CMOS, COM1, i8042, fw_cfg, PCI bus 0 with the 440FX and
+//! PIIX3 bridges, isa-debug-exit, POST code port) on their usual
 //! ports, a local APIC per vCPU and an I/O APIC (described to the guest by
 //! an MP table).
 
@@ -13,6 +14,7 @@ use thiserror::Error;
 use vireo_devices::debug_exit::DebugExit;
 use vireo_devices::fw_cfg::{key as fw_key, DmaMemory, FwCfg};
 use vireo_devices::i8042::{I8042Port, I8042};
+use vireo_devices::pci::{self, PciBus};
 use vireo_devices::pic::{Pic, PicIrqLine, PicPorts};
 use vireo_devices::pit::{Pit, PortB};
 use vireo_devices::post_code::PostCode;
@@ -118,6 +120,9 @@ pub struct Machine {
     pub i8042: Arc<Mutex<I8042>>,
     /// The MC146818 RTC and CMOS RAM (ports 0x70/0x71, IRQ 8).
     pub rtc: Arc<Mutex<Rtc>>,
+    /// PCI bus 0 (configuration mechanism #1 at 0xcf8): the 440FX host
+    /// bridge at 00:00.0 and the PIIX3 ISA bridge at 00:01.0.
+    pub pci: Arc<Mutex<PciBus>>,
     /// QEMU's firmware configuration device (ports 0x510–0x51b).
     pub fw_cfg: Arc<Mutex<FwCfg>>,
     /// Which RAM pages hold code the software vCPUs decoded (shared by
@@ -238,6 +243,13 @@ impl Machine {
         space
             .pio
             .insert(0x510, 12, fw_cfg.clone() as SharedDevice)?;
+        let mut bus = PciBus::new();
+        bus.attach(0, 0, Arc::new(Mutex::new(pci::i440fx_host_bridge())));
+        bus.attach(1, 0, Arc::new(Mutex::new(pci::piix3_isa_bridge())));
+        let pci_bus = Arc::new(Mutex::new(bus));
+        space
+            .pio
+            .insert(0xcf8, 8, pci_bus.clone() as SharedDevice)?;
 
         space
             .pio
@@ -287,6 +299,7 @@ impl Machine {
             serial,
             i8042,
             rtc,
+            pci: pci_bus,
             fw_cfg,
             code,
             apics,
@@ -352,7 +365,7 @@ mod tests {
         m.space.pio.write(port, &v.to_le_bytes());
     }
 
-    /// fw_cfg answers on its ports, and a DMA transfer into RAM that holds
+    /// fw_cfg and PCI answer on their ports, and a DMA transfer into RAM that holds
     /// decoded code makes the vCPU run the new code.
     #[test]
     fn fw_cfg_dma_into_code_is_seen_by_the_cpu() {
@@ -369,6 +382,11 @@ mod tests {
         let mut x = [0u8];
         m.space.pio.read(0x511, &mut x);
         assert_eq!(x[0], 1);
+        // PCI: the host bridge at 00:00.0.
+        m.space.pio.write(0xcf8, &0x8000_0000u32.to_le_bytes());
+        let mut id = [0u8; 4];
+        m.space.pio.read(0xcfc, &mut id);
+        assert_eq!(u32::from_le_bytes(id), 0x1237_8086);
 
         // Real mode at 0:1000: mov al, 1; hlt.
         m.space.ram.write_bytes(0x1000, &[0xb0, 0x01, 0xf4]);
