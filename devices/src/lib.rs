@@ -19,6 +19,7 @@ pub mod lapic;
 pub mod pci;
 pub mod pic;
 pub mod pit;
+pub mod port92;
 pub mod post_code;
 pub mod rtc;
 pub mod serial;

@@ -17,6 +17,7 @@ use vireo_devices::i8042::{I8042Port, I8042};
 use vireo_devices::pci::{self, PciBus};
 use vireo_devices::pic::{Pic, PicIrqLine, PicPorts};
 use vireo_devices::pit::{Pit, PortB};
+use vireo_devices::port92::Port92;
 use vireo_devices::post_code::PostCode;
 use vireo_devices::rtc::Rtc;
 use vireo_devices::serial::Serial;
@@ -123,6 +124,8 @@ pub struct Machine {
     /// PCI bus 0 (configuration mechanism #1 at 0xcf8): the 440FX host
     /// bridge at 00:00.0 and the PIIX3 ISA bridge at 00:01.0.
     pub pci: Arc<Mutex<PciBus>>,
+    /// System Control Port A (0x92): A20 gate and fast reset.
+    pub port92: Arc<Mutex<Port92>>,
     /// QEMU's firmware configuration device (ports 0x510–0x51b).
     pub fw_cfg: Arc<Mutex<FwCfg>>,
     /// Which RAM pages hold code the software vCPUs decoded (shared by
@@ -246,6 +249,8 @@ impl Machine {
         let mut bus = PciBus::new();
         bus.attach(0, 0, Arc::new(Mutex::new(pci::i440fx_host_bridge())));
         bus.attach(1, 0, Arc::new(Mutex::new(pci::piix3_isa_bridge())));
+        let port92 = Arc::new(Mutex::new(Port92::new(control.clone())));
+        space.pio.insert(0x92, 1, port92.clone() as SharedDevice)?;
         let pci_bus = Arc::new(Mutex::new(bus));
         space
             .pio
@@ -300,6 +305,7 @@ impl Machine {
             i8042,
             rtc,
             pci: pci_bus,
+            port92,
             fw_cfg,
             code,
             apics,
@@ -352,6 +358,7 @@ impl Machine {
         lock(&self.pit).reset();
         lock(&self.i8042).reset();
         lock(&self.rtc).reset();
+        lock(&self.port92).reset();
         self.apics.reset();
     }
 }
@@ -387,6 +394,14 @@ mod tests {
         let mut id = [0u8; 4];
         m.space.pio.read(0xcfc, &mut id);
         assert_eq!(u32::from_le_bytes(id), 0x1237_8086);
+        // Port 0x92: A20 reads back; bit 0 asks for a reset.
+        m.space.pio.write(0x92, &[0x02]);
+        let mut p92 = [0u8];
+        m.space.pio.read(0x92, &mut p92);
+        assert_eq!(p92[0], 0x02);
+        assert!(!m.control.take_reset());
+        m.space.pio.write(0x92, &[0x03]);
+        assert!(m.control.take_reset());
 
         // Real mode at 0:1000: mov al, 1; hlt.
         m.space.ram.write_bytes(0x1000, &[0xb0, 0x01, 0xf4]);
