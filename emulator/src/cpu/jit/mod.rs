@@ -482,7 +482,7 @@ fn native(d: &Insn, smp: bool) -> bool {
                     || is_imm(ins.op1_kind())
                     || (is_mem(ins.op1_kind()) && gpr_op(d, 0)))
         }
-        M::Inc | M::Dec => n == 1 && sized && rm_op(d, 0),
+        M::Inc | M::Dec | M::Neg | M::Not => n == 1 && sized && rm_op(d, 0),
         M::Shl | M::Shr | M::Sar
             if n == 2
                 && matches!(s, 4 | 8)
@@ -1544,6 +1544,22 @@ impl<'f> Tx<'f> {
                 };
                 self.set_lazy(op, s, a, b, r, zero);
                 return None;
+            }
+            M::Neg | M::Not => {
+                let l = self.loc(d, 0);
+                let a = self.read_loc(d, l, s);
+                let r = if mnem == M::Neg {
+                    self.b.ins().ineg(a)
+                } else {
+                    self.b.ins().bnot(a)
+                };
+                let r = self.zext(r, s);
+                self.write_loc(d, l, s, r);
+                if mnem == M::Neg {
+                    // NEG sets the flags of 0 - a.
+                    let zero = self.c64(0);
+                    self.set_lazy(FlagOp::Sub, s, zero, a, r, zero);
+                }
             }
             M::Inc | M::Dec => {
                 let cf = self.cf64();
