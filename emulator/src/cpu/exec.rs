@@ -766,11 +766,8 @@ impl Cpu {
                         }
                     }
                 }
-                if room >= b.insns.len() {
-                    let enter = match &self.jit {
-                        Some(j) => j.enter,
-                        None => unreachable!("translated block without a translator"),
-                    };
+                let enter = self.jit.as_ref().map(|j| j.enter);
+                if let Some(enter) = enter.filter(|_| room >= b.insns.len()) {
                     // SAFETY: `code` was compiled from this block's
                     // instructions, which stay alive while it runs (see
                     // above), as do the blocks it enters through its links
@@ -821,8 +818,8 @@ impl Cpu {
     /// The translated code for the block at RIP if it can be entered
     /// straight from translated code: 64-bit mode, the fetch translation in
     /// the TLB, the block in the direct-mapped cache. 0 otherwise (the run
-    /// loop then looks it up, decoding if need be). Changes nothing.
-    /// Found code goes into the jump cache.
+    /// loop then looks it up, decoding if need be). Found code goes into the
+    /// jump cache; nothing else changes.
     pub(crate) fn jit_lookup(&mut self) -> usize {
         if !self.mode64() {
             return 0;

@@ -2,17 +2,20 @@
 //! code with Cranelift.
 //!
 //! A decoded block that has run often enough is translated as a whole. The
-//! common integer instructions (moves, ALU, shifts by a constant, IMUL, LEA,
+//! common integer instructions (moves, ALU, NEG/NOT, shifts, IMUL, LEA,
 //! stack, near branches, SETcc/CMOVcc) become host code, with the guest
 //! registers they use kept in host registers; every other instruction calls
-//! its interpreter handler. Memory accesses look up the software TLB inline
-//! and call into the MMU on a miss. Arithmetic flags stay lazy
+//! its interpreter handler. Memory accesses look up the software TLB inline;
+//! anything else (a miss, a page-crossing access, device memory, a page
+//! holding code, a fault) leaves the block before that instruction and the
+//! interpreter runs the rest of it once. Arithmetic flags stay lazy
 //! ([`super::flags`]) and are written back only before calls and exits.
+//! Blocks enter each other directly (tail calls through link cells and the
+//! jump cache), looking at the run loop's concerns on the way.
 //!
 //! A translated block behaves exactly as the interpreter running the same
 //! instructions: the same results, the same exceptions at the same
-//! instruction with the same state, and the same early stop after a write
-//! to a page holding code.
+//! instruction with the same state, and the same instruction count.
 
 use super::exec::Insn;
 use super::flags::{FlagOp, Flags};
