@@ -32,6 +32,32 @@ pub mod reg {
     pub const INTERRUPT_PIN: usize = 0x3d;
 }
 
+/// The address space a base address register decodes in (§6.2.5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Space {
+    /// I/O ports.
+    Io,
+    /// Memory (32-bit BARs only here).
+    Memory,
+}
+
+/// A window a function decodes now: `len` bytes at `base` in `space`, for
+/// its BAR `index` (0-5; [`ROM_BAR`] is the expansion ROM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PciRegion {
+    /// I/O or memory.
+    pub space: Space,
+    /// First address.
+    pub base: u64,
+    /// Size in bytes (a power of two).
+    pub len: u64,
+    /// Which BAR.
+    pub index: usize,
+}
+
+/// The BAR index of the expansion ROM (register 0x30, §6.2.5.2).
+pub const ROM_BAR: usize = 6;
+
 /// One function's 256-byte configuration space with a mask of the bits the
 /// guest may write and of the bits it clears by writing ones.
 #[derive(Clone)]
@@ -39,6 +65,8 @@ pub struct ConfigSpace {
     data: [u8; 256],
     writable: [u8; 256],
     clear_on_write: [u8; 256],
+    /// Declared BARs (0-5, then the ROM): space and size.
+    bars: [Option<(Space, u64)>; 7],
 }
 
 impl ConfigSpace {
@@ -49,6 +77,7 @@ impl ConfigSpace {
             data: [0; 256],
             writable: [0; 256],
             clear_on_write: [0; 256],
+            bars: [None; 7],
         };
         c.data[reg::VENDOR..reg::VENDOR + 2].copy_from_slice(&vendor.to_le_bytes());
         c.data[reg::DEVICE..reg::DEVICE + 2].copy_from_slice(&device.to_le_bytes());
@@ -75,6 +104,64 @@ impl ConfigSpace {
     pub fn set_writable(&mut self, offset: usize, mask: &[u8]) {
         if let Some(d) = self.writable.get_mut(offset..offset + mask.len()) {
             d.copy_from_slice(mask);
+        }
+    }
+
+    /// Declares BAR `index` (0-5, or [`ROM_BAR`]) as a window of `len`
+    /// bytes (a power of two, at least 16 for memory and 4 for I/O) in
+    /// `space`: the guest sizes it by writing all ones and places it by
+    /// writing its base (§6.2.5.1). A memory BAR may be `prefetchable`.
+    pub fn declare_bar(&mut self, index: usize, space: Space, len: u64, prefetchable: bool) {
+        let len = len.next_power_of_two().max(16);
+        let (off, flags, mask) = match (index, space) {
+            (ROM_BAR, _) => (0x30, 0u32, !(len as u32 - 1) | 1),
+            (0..=5, Space::Io) => (0x10 + 4 * index, 1u32, !(len as u32 - 1) & !3),
+            (0..=5, Space::Memory) => (
+                0x10 + 4 * index,
+                if prefetchable { 8 } else { 0 },
+                !(len as u32 - 1) & !0xf,
+            ),
+            _ => return,
+        };
+        let space = if index == ROM_BAR {
+            Space::Memory
+        } else {
+            space
+        };
+        self.bars[index] = Some((space, len));
+        self.set(off, &flags.to_le_bytes());
+        self.set_writable(off, &mask.to_le_bytes());
+    }
+
+    /// The BAR windows decoding now: I/O BARs when the command register
+    /// enables I/O, memory BARs when it enables memory (the ROM also needs
+    /// its own enable bit); unplaced (zero) BARs decode nothing.
+    pub fn active_regions(&self, out: &mut Vec<PciRegion>) {
+        let cmd = self.byte(reg::COMMAND);
+        for (index, bar) in self.bars.iter().enumerate() {
+            let Some((space, len)) = *bar else { continue };
+            let off = if index == ROM_BAR {
+                0x30
+            } else {
+                0x10 + 4 * index
+            };
+            let mut b = [0u8; 4];
+            self.read(off, &mut b);
+            let v = u32::from_le_bytes(b) as u64;
+            let (enabled, base) = match space {
+                _ if index == ROM_BAR => (cmd & 2 != 0 && v & 1 != 0, v & !0x7ff),
+                Space::Io => (cmd & 1 != 0, v & !3),
+                Space::Memory => (cmd & 2 != 0, v & !0xf),
+            };
+            let base = base & !(len - 1);
+            if enabled && base != 0 && base.checked_add(len).is_some() {
+                out.push(PciRegion {
+                    space,
+                    base,
+                    len,
+                    index,
+                });
+            }
         }
     }
 
@@ -113,6 +200,20 @@ pub trait PciFunction: Send {
     fn config_read(&mut self, offset: usize, data: &mut [u8]);
     /// Writes `data` at `offset`.
     fn config_write(&mut self, offset: usize, data: &[u8]);
+    /// Appends the windows the function decodes now (usually
+    /// [`ConfigSpace::active_regions`]; some functions decode fixed or
+    /// register-programmed ranges too). The bus asks again after every
+    /// configuration write.
+    fn regions(&self, _out: &mut Vec<PciRegion>) {}
+    /// A guest read of `data.len()` bytes at `offset` in region `index`.
+    fn region_read(&mut self, index: usize, offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+        log_odd_access!("pci: read of unimplemented region {index} at {offset:#x}");
+    }
+    /// A guest write at `offset` in region `index`.
+    fn region_write(&mut self, index: usize, offset: u64, _data: &[u8]) {
+        log_odd_access!("pci: write to unimplemented region {index} at {offset:#x}");
+    }
 }
 
 /// A function that is nothing but its configuration header.
@@ -189,6 +290,16 @@ pub struct PciBus {
     address: u32,
     /// Functions by device number (0-31) and function number (0-7).
     slots: Vec<[Option<SharedFunction>; 8]>,
+    /// The windows the functions decode, shared with the [`PciWindow`]s.
+    decode: Arc<Mutex<Decode>>,
+}
+
+/// Where the functions' windows are, rebuilt after configuration writes.
+#[derive(Default)]
+struct Decode {
+    stale: bool,
+    functions: Vec<SharedFunction>,
+    regions: Vec<(PciRegion, SharedFunction)>,
 }
 
 impl Default for PciBus {
@@ -203,7 +314,28 @@ impl PciBus {
         PciBus {
             address: 0,
             slots: (0..32).map(|_| Default::default()).collect(),
+            decode: Arc::new(Mutex::new(Decode {
+                stale: true,
+                functions: Vec::new(),
+                regions: Vec::new(),
+            })),
         }
+    }
+
+    /// The bus's windows in `space`, as a device for the machine to put
+    /// where nothing else answers (PCI's subtractive decode of the hole
+    /// and of unclaimed I/O ports).
+    pub fn window(&self, space: Space) -> PciWindow {
+        PciWindow {
+            space,
+            decode: self.decode.clone(),
+        }
+    }
+
+    /// Marks the windows for recomputation (after a configuration write or
+    /// a reset of the functions).
+    pub fn invalidate_windows(&self) {
+        lock_decode(&self.decode).stale = true;
     }
 
     /// Puts `f` at device `dev`, function `func`.
@@ -211,6 +343,9 @@ impl PciBus {
         if let Some(slot) = self.slots.get_mut(dev).and_then(|s| s.get_mut(func)) {
             *slot = Some(f);
         }
+        lock_decode(&self.decode).functions =
+            self.slots.iter().flatten().flatten().cloned().collect();
+        self.invalidate_windows();
     }
 
     /// The function CONFIG_ADDRESS selects, with the register offset.
@@ -228,6 +363,59 @@ impl PciBus {
 
 fn lock(f: &SharedFunction) -> std::sync::MutexGuard<'_, dyn PciFunction + 'static> {
     f.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock_decode(d: &Mutex<Decode>) -> std::sync::MutexGuard<'_, Decode> {
+    d.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The PCI functions' BAR windows in one address space, as one bus device
+/// registered at address 0 over the whole space (offsets are absolute
+/// addresses): an access goes to the function whose window holds it.
+pub struct PciWindow {
+    space: Space,
+    decode: Arc<Mutex<Decode>>,
+}
+
+impl PciWindow {
+    /// The function and region holding `addr`, with the offset into it.
+    fn find(&self, addr: u64) -> Option<(SharedFunction, usize, u64)> {
+        let mut d = lock_decode(&self.decode);
+        if d.stale {
+            let mut regions = Vec::new();
+            let mut out = Vec::new();
+            for f in &d.functions {
+                out.clear();
+                lock(f).regions(&mut out);
+                regions.extend(out.iter().map(|r| (*r, f.clone())));
+            }
+            d.regions = regions;
+            d.stale = false;
+        }
+        d.regions
+            .iter()
+            .find(|(r, _)| r.space == self.space && addr >= r.base && addr - r.base < r.len)
+            .map(|(r, f)| (f.clone(), r.index, addr - r.base))
+    }
+}
+
+impl BusDevice for PciWindow {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match self.find(offset) {
+            Some((f, index, off)) => lock(&f).region_read(index, off, data),
+            None => {
+                data.fill(0xff);
+                log_odd_access!("pci: read of {} at unclaimed {offset:#x}", data.len());
+            }
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        match self.find(offset) {
+            Some((f, index, off)) => lock(&f).region_write(index, off, data),
+            None => log_odd_access!("pci: write of {} at unclaimed {offset:#x}", data.len()),
+        }
+    }
 }
 
 impl BusDevice for PciBus {
@@ -264,6 +452,7 @@ impl BusDevice for PciBus {
                 if let Some((f, reg)) = self.selected() {
                     if sub + data.len() <= 4 {
                         lock(f).config_write(reg + sub, data);
+                        self.invalidate_windows();
                     }
                 }
             }
@@ -366,6 +555,83 @@ mod tests {
         c.set(reg::STATUS, &[0x00, 0xf9]);
         c.write(reg::STATUS, &[0x00, 0x08]);
         assert_eq!(c.byte(reg::STATUS + 1), 0xf1);
+    }
+
+    /// A function with an I/O BAR and a memory BAR that records accesses.
+    struct Bars {
+        cfg: ConfigSpace,
+        seen: Vec<(usize, u64)>,
+    }
+
+    impl PciFunction for Bars {
+        fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+            self.cfg.read(offset, data)
+        }
+        fn config_write(&mut self, offset: usize, data: &[u8]) {
+            self.cfg.write(offset, data)
+        }
+        fn regions(&self, out: &mut Vec<PciRegion>) {
+            self.cfg.active_regions(out)
+        }
+        fn region_read(&mut self, index: usize, offset: u64, data: &mut [u8]) {
+            self.seen.push((index, offset));
+            data.fill(index as u8);
+        }
+    }
+
+    #[test]
+    fn bars_are_sized_placed_and_decoded() {
+        let mut b = bus();
+        let mut cfg = ConfigSpace::new(0x1234, 0x1111, 0, [3, 0, 0]);
+        cfg.declare_bar(0, Space::Memory, 16 << 20, true);
+        cfg.declare_bar(4, Space::Io, 16, false);
+        cfg.declare_bar(ROM_BAR, Space::Memory, 64 << 10, false);
+        let f = Arc::new(Mutex::new(Bars {
+            cfg,
+            seen: Vec::new(),
+        }));
+        b.attach(2, 0, f.clone());
+        let mut mem = b.window(Space::Memory);
+        let mut io = b.window(Space::Io);
+        let write32 = |b: &mut PciBus, reg: u32, v: u32| {
+            b.write(0, &cfg_addr(2, 0, reg).to_le_bytes());
+            b.write(4, &v.to_le_bytes());
+        };
+        // Sizing: all ones reads back the size mask with the type bits.
+        write32(&mut b, 0x10, !0);
+        assert_eq!(read32(&mut b, 2, 0, 0x10), 0xff00_0008);
+        write32(&mut b, 0x20, !0);
+        assert_eq!(read32(&mut b, 2, 0, 0x20), 0xffff_fff1);
+        write32(&mut b, 0x30, !0);
+        assert_eq!(read32(&mut b, 2, 0, 0x30), 0xffff_0001);
+        // Placed but not enabled: nothing decodes.
+        write32(&mut b, 0x10, 0xfd00_0000);
+        write32(&mut b, 0x20, 0xc000);
+        write32(&mut b, 0x30, 0xfeb0_0000);
+        let mut d = [0u8; 4];
+        mem.read(0xfd00_0010, &mut d);
+        assert_eq!(d, [0xff; 4]);
+        // Enable I/O and memory: BAR 0 and BAR 4 answer; the ROM needs its bit.
+        write32(&mut b, 0x04, 3);
+        mem.read(0xfd00_0010, &mut d);
+        assert_eq!(d, [0; 4]);
+        io.read(0xc00f, &mut d[..1]);
+        assert_eq!(d[0], 4);
+        mem.read(0xfeb0_0000, &mut d);
+        assert_eq!(d, [0xff; 4]);
+        write32(&mut b, 0x30, 0xfeb0_0001);
+        mem.read(0xfeb0_0004, &mut d);
+        assert_eq!(d, [ROM_BAR as u8; 4]);
+        // Moving a BAR moves its window.
+        write32(&mut b, 0x10, 0xe000_0000);
+        mem.read(0xfd00_0000, &mut d);
+        assert_eq!(d, [0xff; 4]);
+        mem.read(0xe0ff_fffc, &mut d);
+        let seen = f.lock().unwrap().seen.clone();
+        assert_eq!(
+            seen,
+            vec![(0, 0x10), (4, 0xf), (ROM_BAR, 4), (0, 0xff_fffc)]
+        );
     }
 
     #[test]

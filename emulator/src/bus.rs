@@ -34,6 +34,9 @@ struct Entry {
 #[derive(Clone, Default)]
 pub struct Bus {
     entries: Vec<Entry>,
+    /// Takes accesses no device (and, on the memory bus, no RAM) claims,
+    /// with the absolute address as offset: PCI's subtractive decode.
+    fallback: Option<SharedDevice>,
 }
 
 impl Bus {
@@ -62,6 +65,11 @@ impl Bus {
         Ok(())
     }
 
+    /// Sends accesses nothing claims to `dev` (offset = the address).
+    pub fn set_fallback(&mut self, dev: SharedDevice) {
+        self.fallback = Some(dev);
+    }
+
     #[inline]
     fn find(&self, addr: u64) -> Option<&Entry> {
         let i = self.entries.partition_point(|e| e.base <= addr);
@@ -86,10 +94,13 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) {
         match self.find(addr) {
             Some(e) => lock(&e.dev).read(addr - e.base, data),
-            None => {
-                data.fill(0xff);
-                vireo_devices::log_odd_access!("unclaimed bus read at {addr:#x}");
-            }
+            None => match &self.fallback {
+                Some(f) => lock(f).read(addr, data),
+                None => {
+                    data.fill(0xff);
+                    vireo_devices::log_odd_access!("unclaimed bus read at {addr:#x}");
+                }
+            },
         }
     }
 
@@ -97,7 +108,10 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) {
         match self.find(addr) {
             Some(e) => lock(&e.dev).write(addr - e.base, data),
-            None => vireo_devices::log_odd_access!("unclaimed bus write at {addr:#x}"),
+            None => match &self.fallback {
+                Some(f) => lock(f).write(addr, data),
+                None => vireo_devices::log_odd_access!("unclaimed bus write at {addr:#x}"),
+            },
         }
     }
 

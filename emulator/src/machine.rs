@@ -251,6 +251,12 @@ impl Machine {
         bus.attach(1, 0, Arc::new(Mutex::new(pci::piix3_isa_bridge())));
         let port92 = Arc::new(Mutex::new(Port92::new(control.clone())));
         space.pio.insert(0x92, 1, port92.clone() as SharedDevice)?;
+        space
+            .pio
+            .set_fallback(Arc::new(Mutex::new(bus.window(pci::Space::Io))));
+        space
+            .mmio
+            .set_fallback(Arc::new(Mutex::new(bus.window(pci::Space::Memory))));
         let pci_bus = Arc::new(Mutex::new(bus));
         space
             .pio
