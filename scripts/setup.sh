@@ -5,10 +5,12 @@ set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-pkgs=(build-essential pkg-config binutils ca-certificates curl)
+# seabios: the PC firmware (bios-256k.bin, vgabios-stdvga.bin).
+pkgs=(build-essential pkg-config binutils ca-certificates curl seabios)
 if [ "${1:-}" = "--test" ]; then
-  # dpkg-dev/apt for fixture downloads (apt-get download + dpkg-deb -x).
-  pkgs+=(dpkg-dev xz-utils)
+  # dpkg-dev/apt for fixture downloads (apt-get download + dpkg-deb -x);
+  # xorriso and isolinux to build the CD images the tests boot.
+  pkgs+=(dpkg-dev xz-utils xorriso isolinux)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -76,6 +76,24 @@ struct RunArgs {
     /// Exit instead of rebooting when the guest resets.
     #[arg(long)]
     no_reboot: bool,
+    /// Directory searched first for the BIOS (bios-256k.bin) and VGA BIOS;
+    /// firmware boots the machine when no --kernel is given.
+    #[arg(long, value_name = "DIR")]
+    firmware: Option<PathBuf>,
+    /// Firmware boot order: c = first disk, d = CD-ROM, e.g. "dc" [default: cd].
+    #[arg(long, value_name = "ORDER", value_parser = parse_boot_order)]
+    boot: Option<String>,
+}
+
+/// `--boot`: QEMU's boot letters (a, c, d, n), at most three.
+fn parse_boot_order(s: &str) -> Result<String, String> {
+    let s = s.strip_prefix("order=").unwrap_or(s);
+    if s.is_empty() || s.len() > 3 || !s.chars().all(|c| "acdn".contains(c)) {
+        return Err(format!(
+            "\"{s}\" is not a boot order: use up to three of c (disk), d (CD-ROM), a (floppy), n (network)"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 fn init_logging(level: &str) -> Result<(), String> {
@@ -146,6 +164,8 @@ fn run(args: RunArgs) -> Result<u8, String> {
         no_reboot: args.no_reboot || preset.no_reboot.unwrap_or(false),
         kvm_allow_paravirtual: false,
         vcpus,
+        firmware_dir: args.firmware.clone(),
+        boot_order: args.boot.clone().unwrap_or_else(|| "cd".into()),
     };
     let handle = engine::start(&config).map_err(|e| e.to_string())?;
     if let Some(why) = handle.accel_fallback() {
@@ -176,6 +196,11 @@ fn run(args: RunArgs) -> Result<u8, String> {
                 break;
             }
             Event::Started { accel } => tracing::info!("machine started on {accel}"),
+            Event::DebugOutput(bytes) => {
+                for line in String::from_utf8_lossy(&bytes).lines() {
+                    tracing::debug!(target: "firmware", "{line}");
+                }
+            }
             _ => {}
         }
     }

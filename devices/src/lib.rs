@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub mod debug_exit;
+pub mod debugcon;
 pub mod fw_cfg;
 pub mod i8042;
 pub mod ioapic;

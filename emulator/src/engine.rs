@@ -44,6 +44,11 @@ pub struct MachineConfig {
     pub kvm_allow_paravirtual: bool,
     /// Number of vCPUs.
     pub vcpus: usize,
+    /// Where to look first for firmware (`--firmware DIR`); firmware boots
+    /// the machine when no kernel is given.
+    pub firmware_dir: Option<PathBuf>,
+    /// Firmware boot order, QEMU's `--boot` letters (`c` disk, `d` CD-ROM).
+    pub boot_order: String,
 }
 
 impl Default for MachineConfig {
@@ -55,6 +60,8 @@ impl Default for MachineConfig {
             no_reboot: false,
             kvm_allow_paravirtual: false,
             vcpus: 1,
+            firmware_dir: None,
+            boot_order: "cd".into(),
         }
     }
 }
@@ -80,9 +87,9 @@ pub enum EngineError {
     /// The MP table does not fit.
     #[error(transparent)]
     MpTable(#[from] crate::boot::mptable::MpTableError),
-    /// No kernel or boot device was given.
-    #[error("Nothing to boot: give --kernel")]
-    NothingToBoot,
+    /// Firmware is missing or unreadable.
+    #[error(transparent)]
+    Firmware(#[from] crate::boot::firmware::FirmwareError),
     /// The requested accelerator cannot run this machine.
     #[error("--accel kvm: {0}")]
     Accel(String),
@@ -135,6 +142,8 @@ pub enum Event {
     Reset,
     /// Bytes from COM1.
     SerialOutput(Vec<u8>),
+    /// Bytes firmware wrote to its debug console (port 0x402).
+    DebugOutput(Vec<u8>),
     /// The machine stopped; no more events follow.
     Stopped(StopReason),
 }
@@ -231,15 +240,34 @@ fn read_file(path: &str) -> Result<Vec<u8>, EngineError> {
     std::fs::read(path).map_err(|e| EngineError::File(path.to_string(), e))
 }
 
-/// What the engine reloads on every reset.
-struct BootImage {
+/// What the engine reloads on every reset: a kernel to boot directly, or
+/// the firmware's ROM.
+enum BootImage {
+    Kernel(KernelImage),
+    Firmware,
+}
+
+impl BootImage {
+    fn load(&self, machine: &Machine) -> Result<BootState, EngineError> {
+        match self {
+            BootImage::Kernel(k) => k.load(machine),
+            BootImage::Firmware => {
+                machine.load_firmware();
+                Ok(BootState::reset_vector())
+            }
+        }
+    }
+}
+
+/// A kernel (Linux bzImage or Multiboot) and what it boots with.
+struct KernelImage {
     name: String,
     kernel: Vec<u8>,
     cmdline: String,
     modules: Vec<Module>,
 }
 
-impl BootImage {
+impl KernelImage {
     fn load(&self, machine: &Machine) -> Result<BootState, EngineError> {
         use crate::boot::mptable;
         mptable::write(
@@ -335,18 +363,29 @@ pub fn start(config: &MachineConfig) -> Result<EngineHandle, EngineError> {
     if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
         return Err(MachineError::Vcpus(config.vcpus).into());
     }
-    let kernel = config.kernel.as_ref().ok_or(EngineError::NothingToBoot)?;
-    let name = kernel.path.display().to_string();
-    let image = BootImage {
-        kernel: read_file(&name)?,
-        name,
-        cmdline: kernel.cmdline.clone(),
-        modules: match &kernel.initrd {
-            Some(s) => parse_modules(s)?,
-            None => Vec::new(),
-        },
+    let (image, firmware) = match &config.kernel {
+        Some(kernel) => {
+            let name = kernel.path.display().to_string();
+            let image = KernelImage {
+                kernel: read_file(&name)?,
+                name,
+                cmdline: kernel.cmdline.clone(),
+                modules: match &kernel.initrd {
+                    Some(s) => parse_modules(s)?,
+                    None => Vec::new(),
+                },
+            };
+            (BootImage::Kernel(image), None)
+        }
+        None => (
+            BootImage::Firmware,
+            Some(crate::boot::firmware::Firmware::load(
+                config.firmware_dir.as_deref(),
+            )?),
+        ),
     };
-    let machine = Machine::new(config.memory, config.vcpus)?;
+    let machine = Machine::with_firmware(config.memory, config.vcpus, firmware.as_ref())?;
+    machine.set_boot_order(&config.boot_order);
     let boot = image.load(&machine)?;
     let (mut accels, fallback) =
         choose_accels(config.accel, config.kvm_allow_paravirtual, &machine)?;
@@ -536,6 +575,10 @@ impl Engine {
         let out = self.machine.take_serial_output();
         if !out.is_empty() {
             self.emit(Event::SerialOutput(out));
+        }
+        let out = self.machine.take_debug_output();
+        if !out.is_empty() {
+            self.emit(Event::DebugOutput(out));
         }
     }
 
@@ -778,13 +821,15 @@ mod tests {
             no_reboot: false,
             kvm_allow_paravirtual: false,
             vcpus: 1,
+            firmware_dir: None,
+            boot_order: "cd".into(),
         }
     }
 
     fn next(rx: &Receiver<Event>) -> Event {
         loop {
             match rx.recv_timeout(Duration::from_secs(10)).expect("event") {
-                Event::SerialOutput(_) => continue,
+                Event::SerialOutput(_) | Event::DebugOutput(_) => continue,
                 e => return e,
             }
         }

@@ -5,6 +5,7 @@
 //! an MP table).
 
 use crate::apic::{Apics, IsaIrq, Waker};
+use crate::boot::firmware::Firmware;
 use crate::bus::{lock, AddressSpace, BusError, SharedDevice};
 use crate::cpu::{InterruptController, IrqState, SharedCode};
 use crate::memory::{GuestRam, MemoryError};
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use thiserror::Error;
 use vireo_devices::debug_exit::DebugExit;
+use vireo_devices::debugcon::DebugCon;
 use vireo_devices::fw_cfg::{key as fw_key, DmaMemory, FwCfg};
 use vireo_devices::i8042::{I8042Port, I8042};
 use vireo_devices::pci::{self, PciBus};
@@ -21,7 +23,7 @@ use vireo_devices::port92::Port92;
 use vireo_devices::post_code::PostCode;
 use vireo_devices::rtc::Rtc;
 use vireo_devices::serial::Serial;
-use vireo_devices::{Clock, HostClock, IrqLine, SystemControl};
+use vireo_devices::{BusDevice as _, Clock, HostClock, IrqLine, SystemControl};
 
 /// Errors building a machine.
 #[derive(Debug, Error)]
@@ -139,10 +141,37 @@ pub struct Machine {
     pub engine_waker: Arc<Waker>,
     /// Wakes each vCPU's thread when it halted.
     pub vcpu_wakers: Vec<Arc<Waker>>,
+    /// The system BIOS, when the machine boots through firmware.
+    bios: Option<Arc<[u8]>>,
     /// Bytes COM1 sent since the last [`Machine::take_serial_output`].
     serial_out: Arc<Mutex<Vec<u8>>>,
+    /// Bytes written to the debug console (port 0x402) not yet taken.
+    debug_out: Arc<Mutex<Vec<u8>>>,
     clock: Arc<HostClock>,
 }
+
+/// The BIOS ROM where the processor starts (ending at 4 GiB): reads give
+/// the image, writes are ignored.
+struct Rom(Arc<[u8]>);
+
+impl vireo_devices::BusDevice for Rom {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = self.0.get(offset as usize + i).copied().unwrap_or(0xff);
+        }
+    }
+    fn write(&mut self, offset: u64, _data: &[u8]) {
+        vireo_devices::log_odd_access!("bios rom: write at {offset:#x} ignored");
+    }
+}
+
+/// Where the last 128 KiB of the BIOS also appear (the "isa-bios" window
+/// at 0xe0000–0xfffff that real-mode code runs from).
+const BIOS_SHADOW: u64 = 0xe_0000;
+const BIOS_SHADOW_LEN: usize = 0x2_0000;
+
+/// Most debug-console bytes kept unread (firmware can print without end).
+const DEBUG_OUT_MAX: usize = 1 << 20;
 
 /// Guest RAM as devices reach it by DMA: writes make the vCPUs drop code
 /// they decoded from the pages written.
@@ -176,8 +205,19 @@ impl DmaMemory for DmaRam {
 }
 
 impl Machine {
-    /// Builds a machine with `memory` bytes of RAM and `vcpus` processors.
+    /// Builds a machine with `memory` bytes of RAM and `vcpus` processors
+    /// for direct kernel boot (no firmware).
     pub fn new(memory: u64, vcpus: usize) -> Result<Self, MachineError> {
+        Self::with_firmware(memory, vcpus, None)
+    }
+
+    /// Builds a machine that boots `firmware` when given: its BIOS ROM
+    /// ends at 4 GiB, and CMOS and fw_cfg carry what SeaBIOS reads.
+    pub fn with_firmware(
+        memory: u64,
+        vcpus: usize,
+        firmware: Option<&Firmware>,
+    ) -> Result<Self, MachineError> {
         if vcpus == 0 || vcpus > MAX_VCPUS {
             return Err(MachineError::Vcpus(vcpus));
         }
@@ -241,7 +281,12 @@ impl Machine {
         fw.add_item(fw_key::RAM_SIZE, memory.to_le_bytes().to_vec());
         fw.add_item(fw_key::NB_CPUS, (vcpus as u16).to_le_bytes().to_vec());
         fw.add_item(fw_key::MAX_CPUS, (vcpus as u16).to_le_bytes().to_vec());
-        fw.add_item(fw_key::NOGRAPHIC, 1u16.to_le_bytes().to_vec());
+        fw.add_item(
+            fw_key::NOGRAPHIC,
+            (firmware.is_none() as u16).to_le_bytes().to_vec(),
+        );
+        fw.add_item(fw_key::BOOT_MENU, 0u16.to_le_bytes().to_vec());
+        let _ = fw.add_file("etc/e820", e820_table(&space.ram), false);
         let fw_cfg = Arc::new(Mutex::new(fw));
         space
             .pio
@@ -290,6 +335,28 @@ impl Machine {
         space
             .pio
             .insert(0x80, 1, Arc::new(Mutex::new(PostCode::new())))?;
+        let debug_out = Arc::new(Mutex::new(Vec::new()));
+        let sink = debug_out.clone();
+        space.pio.insert(
+            0x402,
+            1,
+            Arc::new(Mutex::new(DebugCon::new(Box::new(move |b: u8| {
+                let mut out = lock(&sink);
+                if out.len() < DEBUG_OUT_MAX {
+                    out.push(b);
+                }
+            })))),
+        )?;
+        let bios: Option<Arc<[u8]>> = firmware.map(|f| Arc::from(f.bios.as_slice()));
+        if let Some(b) = &bios {
+            let len = b.len() as u64;
+            space.mmio.insert(
+                (4u64 << 30) - len,
+                len,
+                Arc::new(Mutex::new(Rom(b.clone()))),
+            )?;
+            fill_cmos(&mut lock(&rtc), &space.ram, vcpus);
+        }
         space.mmio.insert(
             vireo_devices::lapic::APIC_DEFAULT_BASE,
             0x1000,
@@ -318,9 +385,56 @@ impl Machine {
             control,
             engine_waker,
             vcpu_wakers,
+            bios,
             serial_out,
+            debug_out,
             clock: host_clock,
         })
+    }
+
+    /// True when the machine boots through firmware.
+    pub fn has_firmware(&self) -> bool {
+        self.bios.is_some()
+    }
+
+    /// Puts the BIOS's last 128 KiB at 0xe0000 (as the chipset shows it
+    /// after a reset, before firmware enables its RAM shadow) and resets
+    /// the 440FX's PAM registers so firmware shadows itself again.
+    pub fn load_firmware(&self) {
+        let Some(bios) = &self.bios else { return };
+        let tail = &bios[bios.len().saturating_sub(BIOS_SHADOW_LEN)..];
+        let at = BIOS_SHADOW + (BIOS_SHADOW_LEN - tail.len()) as u64;
+        if self.space.ram.write_bytes(at, tail) {
+            self.code.note_device_write(at, tail.len() as u64);
+        }
+        let mut pci = lock(&self.pci);
+        // PAM0–PAM6 (0x59–0x5f) back to "reads and writes go to the ROM".
+        pci.write(0, &0x8000_0058u32.to_le_bytes());
+        pci.write(5, &[0, 0, 0]);
+        pci.write(0, &0x8000_005cu32.to_le_bytes());
+        pci.write(4, &[0, 0, 0, 0]);
+    }
+
+    /// Sets the firmware's boot order from QEMU-style `--boot` letters
+    /// (`a` floppy, `c` first disk, `d` CD-ROM, `n` network), stored in
+    /// CMOS where SeaBIOS reads it on QEMU machines (0x3d, 0x38).
+    pub fn set_boot_order(&self, order: &str) {
+        let code = |ch: char| match ch {
+            'a' => Some(1u32),
+            'c' => Some(2),
+            'd' => Some(3),
+            'n' => Some(4),
+            _ => None,
+        };
+        let codes: Vec<u32> = order.chars().filter_map(code).take(3).collect();
+        let mut v = 0u32;
+        for (i, c) in codes.iter().enumerate() {
+            v |= c << (4 * i);
+        }
+        let mut rtc = lock(&self.rtc);
+        rtc.set_ram(0x3d, v as u8);
+        // High nibble: third device; bit 0 clear: check floppy signatures.
+        rtc.set_ram(0x38, ((v >> 4) & 0xf0) as u8);
     }
 
     /// Number of vCPUs.
@@ -349,6 +463,11 @@ impl Machine {
         std::mem::take(&mut *lock(&self.serial_out))
     }
 
+    /// Drains what firmware wrote to the debug console (port 0x402).
+    pub fn take_debug_output(&self) -> Vec<u8> {
+        std::mem::take(&mut *lock(&self.debug_out))
+    }
+
     /// Runs the timers; returns the next deadline in ns of machine time.
     pub fn poll_timers(&self) -> Option<u64> {
         let pit = lock(&self.pit).poll();
@@ -367,6 +486,52 @@ impl Machine {
         lock(&self.port92).reset();
         self.apics.reset();
     }
+}
+
+/// The memory map firmware reads from fw_cfg's "etc/e820" (ACPI 6.4
+/// §15.1: 20-byte entries of base, length, type; type 1 is RAM).
+fn e820_table(ram: &GuestRam) -> Vec<u8> {
+    let mut t = Vec::new();
+    let mut entry = |base: u64, len: u64, kind: u32| {
+        t.extend_from_slice(&base.to_le_bytes());
+        t.extend_from_slice(&len.to_le_bytes());
+        t.extend_from_slice(&kind.to_le_bytes());
+    };
+    entry(0, ram.below_4g(), 1);
+    if ram.above_4g() > 0 {
+        entry(crate::memory::PCI_HOLE_END, ram.above_4g(), 1);
+    }
+    t
+}
+
+/// The CMOS bytes a PC BIOS reads for memory sizes, the vCPU count and
+/// the equipment (the IBM AT CMOS map; 0x34/0x35, 0x5b–0x5d and 0x5f as
+/// QEMU machines define them for SeaBIOS).
+fn fill_cmos(rtc: &mut Rtc, ram: &GuestRam, vcpus: usize) {
+    let below = ram.below_4g();
+    // Base memory: 640 KiB.
+    rtc.set_ram(0x15, 0x80);
+    rtc.set_ram(0x16, 0x02);
+    // Extended memory from 1 MiB, in KiB, at most 0xfc00 (63 MiB).
+    let ext = (below.saturating_sub(1 << 20) >> 10).min(0xfc00) as u16;
+    for (lo, hi) in [(0x17, 0x18), (0x30, 0x31)] {
+        rtc.set_ram(lo, ext as u8);
+        rtc.set_ram(hi, (ext >> 8) as u8);
+    }
+    // Memory above 16 MiB (below 4 GiB) in 64 KiB units.
+    let ext2 = (below.saturating_sub(16 << 20) >> 16).min(0xffff) as u16;
+    rtc.set_ram(0x34, ext2 as u8);
+    rtc.set_ram(0x35, (ext2 >> 8) as u8);
+    // Memory above 4 GiB in 64 KiB units.
+    let high = ram.above_4g() >> 16;
+    rtc.set_ram(0x5b, high as u8);
+    rtc.set_ram(0x5c, (high >> 8) as u8);
+    rtc.set_ram(0x5d, (high >> 16) as u8);
+    rtc.set_ram(0x5f, (vcpus - 1) as u8);
+    // Equipment: VGA/EGA display, a math coprocessor.
+    rtc.set_ram(0x14, 0x06);
+    // No floppy drives.
+    rtc.set_ram(0x10, 0);
 }
 
 #[cfg(test)]

@@ -103,6 +103,7 @@ fn config(vcpus: usize, cmdline: &str, accel: AccelKind) -> MachineConfig {
         no_reboot: true,
         kvm_allow_paravirtual: false,
         vcpus,
+        ..Default::default()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Boot loaders: put a guest kernel in memory and describe the CPU state it
 //! starts in.
 
+pub mod firmware;
 pub mod linux;
 pub mod mptable;
 pub mod multiboot;

@@ -107,6 +107,7 @@ pub fn run_kernel(
         // Only real-mode kernels are run on KVM here: PVM can run those.
         kvm_allow_paravirtual: accel == AccelKind::Kvm,
         vcpus: 1,
+        ..Default::default()
     };
     let start = Instant::now();
     let handle = engine::start(&config)?;

@@ -1,0 +1,54 @@
+//! PC firmware boots on the software CPU: Debian's SeaBIOS (from the
+//! `seabios` package that scripts/setup.sh installs) runs its power-on
+//! self test on the machine and reports what it found.
+
+use std::time::{Duration, Instant};
+use vireo_emulator::accel::AccelKind;
+use vireo_emulator::engine::{self, Command, Event, MachineConfig};
+
+/// Boots the firmware with no boot device and returns its debug-console
+/// output once `until` appears (or after `timeout`).
+fn boot_firmware(vcpus: usize, memory: u64, until: &str, timeout: Duration) -> String {
+    let config = MachineConfig {
+        memory,
+        accel: AccelKind::Soft,
+        vcpus,
+        ..Default::default()
+    };
+    let handle = engine::start(&config).unwrap_or_else(|e| panic!("start: {e}"));
+    let events = handle.subscribe();
+    let deadline = Instant::now() + timeout;
+    let mut log = Vec::new();
+    while Instant::now() < deadline {
+        match events.recv_timeout(Duration::from_millis(200)) {
+            Ok(Event::DebugOutput(b)) => log.extend_from_slice(&b),
+            Ok(Event::Stopped(r)) => panic!("stopped: {r:?}\n{}", String::from_utf8_lossy(&log)),
+            _ => {}
+        }
+        if String::from_utf8_lossy(&log).contains(until) {
+            break;
+        }
+    }
+    handle.send(Command::PowerOff);
+    handle.join();
+    String::from_utf8_lossy(&log).into_owned()
+}
+
+#[test]
+fn seabios_finds_the_machine_and_reports_no_boot_device() {
+    let log = boot_firmware(2, 256 << 20, "No bootable device", Duration::from_secs(60));
+    for want in [
+        "SeaBIOS (version",
+        "Found QEMU fw_cfg",
+        "QEMU fw_cfg DMA interface supported",
+        // RAM from fw_cfg's etc/e820, the vCPUs from CMOS/fw_cfg (the AP
+        // answered the firmware's INIT-SIPI), the 440FX and PIIX3 on PCI.
+        "qemu/e820: addr 0x0000000000000000 len 0x0000000010000000 [RAM]",
+        "Found 2 cpu(s) max supported 2 cpu(s)",
+        "PCI: init bdf=00:00.0 id=8086:1237",
+        "PCI: init bdf=00:01.0 id=8086:7000",
+        "No bootable device",
+    ] {
+        assert!(log.contains(want), "SeaBIOS did not print {want:?}:\n{log}");
+    }
+}
