@@ -9,8 +9,9 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 pkgs=(build-essential pkg-config binutils ca-certificates curl seabios)
 if [ "${1:-}" = "--test" ]; then
   # dpkg-dev/apt for fixture downloads (apt-get download + dpkg-deb -x);
-  # xorriso and isolinux to build the CD images the tests boot.
-  pkgs+=(dpkg-dev xz-utils xorriso isolinux)
+  # xorriso and isolinux to build the CD images the tests boot, syslinux,
+  # mtools and dosfstools to build a bootable FAT disk image.
+  pkgs+=(dpkg-dev xz-utils xorriso isolinux syslinux mtools dosfstools)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
