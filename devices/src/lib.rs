@@ -24,6 +24,7 @@ pub mod port92;
 pub mod post_code;
 pub mod rtc;
 pub mod serial;
+pub mod vga;
 
 #[cfg(test)]
 mod testing;

@@ -8,6 +8,7 @@ pub mod apic;
 pub mod boot;
 pub mod bus;
 pub mod cpu;
+pub mod display;
 pub mod engine;
 pub mod kvm;
 pub mod kvm_accel;
