@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub mod acpi_pm;
 pub mod debug_exit;
 pub mod debugcon;
 pub mod fw_cfg;
@@ -133,6 +134,11 @@ pub trait SystemControl: Send + Sync {
     fn request_reset(&self);
     /// Ends the machine with the given process exit status (`isa-debug-exit`).
     fn request_exit(&self, status: i32);
+    /// A soft power-off (ACPI S5, `SLP_EN` with the `\_S5` sleep type):
+    /// by default, ends the machine with status 0.
+    fn request_poweroff(&self) {
+        self.request_exit(0)
+    }
 }
 
 /// Devices whose guest-visible state can be saved and restored.

@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod accel;
+pub mod acpi;
 pub mod apic;
 pub mod boot;
 pub mod bus;
