@@ -12,10 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub mod acpi_pm;
+pub mod block;
 pub mod debug_exit;
 pub mod debugcon;
 pub mod fw_cfg;
 pub mod i8042;
+pub mod ide;
 pub mod ioapic;
 pub mod lapic;
 pub mod pci;
