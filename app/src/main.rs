@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vireo_emulator::accel::AccelKind;
-use vireo_emulator::engine::{self, Event, KernelConfig, MachineConfig, StopReason};
+use vireo_emulator::engine::{self, DiskConfig, Event, KernelConfig, MachineConfig, StopReason};
 
 /// Vireo: a machine emulator and virtualizer.
 #[derive(Parser, Debug)]
@@ -83,6 +83,49 @@ struct RunArgs {
     /// Firmware boot order: c = first disk, d = CD-ROM, e.g. "dc" [default: cd].
     #[arg(long, value_name = "ORDER", value_parser = parse_boot_order)]
     boot: Option<String>,
+    /// CD image for the CD-ROM drive (secondary IDE master).
+    #[arg(long, value_name = "FILE")]
+    cdrom: Option<PathBuf>,
+    /// Hard disk image (raw), up to two: FILE or file=FILE[,if=ide][,readonly=on|off].
+    #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
+    disk: Vec<DiskConfig>,
+    /// Where the screen goes; "none" keeps it for screendumps and clients only.
+    #[arg(long, value_enum, default_value = "none")]
+    display: DisplayTarget,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum DisplayTarget {
+    /// No window.
+    None,
+}
+
+/// `--disk`: a path, or QEMU-style `file=PATH,if=ide,readonly=on`.
+fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    if !s.contains('=') {
+        return Ok(DiskConfig {
+            path: PathBuf::from(s),
+            read_only: false,
+        });
+    }
+    let mut path = None;
+    let mut read_only = false;
+    for part in s.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("\"{part}\" is not key=value"))?;
+        match (k, v) {
+            ("file", v) if !v.is_empty() => path = Some(PathBuf::from(v)),
+            ("if", "ide") | ("format", "raw") => {}
+            ("if", v) => return Err(format!("if={v}: only ide disks exist so far")),
+            ("format", v) => return Err(format!("format={v}: only raw images are supported so far")),
+            ("readonly", "on") => read_only = true,
+            ("readonly", "off") => read_only = false,
+            _ => return Err(format!("unknown or bad option \"{part}\"")),
+        }
+    }
+    let path = path.ok_or("file=PATH is missing")?;
+    Ok(DiskConfig { path, read_only })
 }
 
 /// `--boot`: QEMU's boot letters (a, c, d, n), at most three.
@@ -166,6 +209,8 @@ fn run(args: RunArgs) -> Result<u8, String> {
         vcpus,
         firmware_dir: args.firmware.clone(),
         boot_order: args.boot.clone().unwrap_or_else(|| "cd".into()),
+        cdrom: args.cdrom.clone(),
+        disks: args.disk.clone(),
     };
     let handle = engine::start(&config).map_err(|e| e.to_string())?;
     if let Some(why) = handle.accel_fallback() {

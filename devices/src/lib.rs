@@ -25,6 +25,7 @@ pub mod pic;
 pub mod pit;
 pub mod port92;
 pub mod post_code;
+pub mod reset_control;
 pub mod rtc;
 pub mod serial;
 pub mod vga;

@@ -49,7 +49,44 @@ pub struct MachineConfig {
     pub firmware_dir: Option<PathBuf>,
     /// Firmware boot order, QEMU's `--boot` letters (`c` disk, `d` CD-ROM).
     pub boot_order: String,
+    /// The CD image in the CD-ROM drive (the secondary IDE master, which
+    /// is there even when empty).
+    pub cdrom: Option<PathBuf>,
+    /// Hard disk images (raw): the primary IDE master, then its slave.
+    pub disks: Vec<DiskConfig>,
 }
+
+/// A hard disk image.
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    /// The image file.
+    pub path: PathBuf,
+    /// Opened read-only (guest writes fail).
+    pub read_only: bool,
+}
+
+/// File formats for [`Command::Screendump`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScreenFormat {
+    /// Netpbm P6.
+    Ppm,
+    /// PNG.
+    Png,
+}
+
+/// The run state clients can ask for (QMP's `query-status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Running guest code.
+    Running,
+    /// Paused by a command.
+    Paused,
+    /// Stopped for good.
+    Shutdown,
+}
+
+/// A command's answer.
+pub type Reply = Sender<Result<(), String>>;
 
 impl Default for MachineConfig {
     fn default() -> Self {
@@ -62,6 +99,8 @@ impl Default for MachineConfig {
             vcpus: 1,
             firmware_dir: None,
             boot_order: "cd".into(),
+            cdrom: None,
+            disks: Vec::new(),
         }
     }
 }
@@ -87,6 +126,9 @@ pub enum EngineError {
     /// The MP table does not fit.
     #[error(transparent)]
     MpTable(#[from] crate::boot::mptable::MpTableError),
+    /// A disk or CD image is unusable.
+    #[error("{0}: {1}")]
+    Media(String, String),
     /// Firmware is missing or unreadable.
     #[error(transparent)]
     Firmware(#[from] crate::boot::firmware::FirmwareError),
@@ -111,6 +153,37 @@ pub enum Command {
     PowerOff,
     /// Bytes typed into COM1.
     SerialInput(Vec<u8>),
+    /// Presses the ACPI power button (the guest shuts down if it listens).
+    PowerButton,
+    /// Saves the screen to a file.
+    Screendump {
+        /// Where.
+        path: PathBuf,
+        /// PPM or PNG.
+        format: ScreenFormat,
+        /// The outcome.
+        reply: Reply,
+    },
+    /// Reads the characters of a text-mode screen (None in graphics modes).
+    TextScreen(Sender<Option<Vec<String>>>),
+    /// Opens the CD-ROM drive's tray (`device`: `ide1-cd0` or `cdrom`).
+    Eject {
+        /// The drive.
+        device: String,
+        /// Even if the guest locked the tray.
+        force: bool,
+        /// The outcome.
+        reply: Reply,
+    },
+    /// Puts a new image in the CD-ROM drive.
+    ChangeMedium {
+        /// The drive.
+        device: String,
+        /// The image.
+        path: PathBuf,
+        /// The outcome.
+        reply: Reply,
+    },
 }
 
 /// Why the machine stopped for good.
@@ -162,9 +235,47 @@ pub struct EngineHandle {
     first: Arc<Mutex<Option<Receiver<Event>>>>,
     /// Why `--accel auto` fell back to the software CPU.
     fallback: Option<String>,
+    /// The screen, as the engine renders it.
+    surface: crate::display::SharedSurface,
+    /// [`RunState`] as a number.
+    state: Arc<std::sync::atomic::AtomicU8>,
 }
 
 impl EngineHandle {
+    /// The screen: read it (it is updated in place, with dirty regions).
+    pub fn surface(&self) -> crate::display::SharedSurface {
+        self.surface.clone()
+    }
+
+    /// Running, paused or stopped.
+    pub fn state(&self) -> RunState {
+        match self.state.load(Ordering::Acquire) {
+            0 => RunState::Running,
+            1 => RunState::Paused,
+            _ => RunState::Shutdown,
+        }
+    }
+
+    /// Sends a command that answers, and waits for its answer.
+    pub fn request(&self, make: impl FnOnce(Reply) -> Command) -> Result<(), String> {
+        let (tx, rx) = mpsc::channel();
+        if !self.send(make(tx)) {
+            return Err("the machine has stopped".into());
+        }
+        rx.recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| Err("the machine did not answer".into()))
+    }
+
+    /// The characters on a text-mode screen, a string a row; None in a
+    /// graphics mode or when the machine has stopped.
+    pub fn text_screen(&self) -> Option<Vec<String>> {
+        let (tx, rx) = mpsc::channel();
+        if !self.send(Command::TextScreen(tx)) {
+            return None;
+        }
+        rx.recv_timeout(Duration::from_secs(10)).ok().flatten()
+    }
+
     /// Sends a command; false if the engine has stopped.
     pub fn send(&self, cmd: Command) -> bool {
         let ok = self.commands.send(cmd).is_ok();
@@ -259,6 +370,36 @@ impl BootImage {
     }
 }
 
+/// Puts the configured disks and CD in the IDE drives: disks on the
+/// primary channel, the CD-ROM drive (always there, maybe empty) as the
+/// secondary master.
+fn attach_drives(machine: &Machine, config: &MachineConfig) -> Result<(), EngineError> {
+    use vireo_devices::block::FileBackend;
+    use vireo_devices::ide::Drive;
+    if config.disks.len() > 2 {
+        return Err(EngineError::Media(
+            "--disk".into(),
+            format!("{} disks given; the IDE primary channel takes 2", config.disks.len()),
+        ));
+    }
+    let mut ide = lock(&machine.ide);
+    for (i, d) in config.disks.iter().enumerate() {
+        let name = d.path.display().to_string();
+        let f = FileBackend::open(&d.path, d.read_only).map_err(|e| EngineError::File(name.clone(), e))?;
+        if vireo_devices::block::BlockBackend::len(&f) < 512 {
+            return Err(EngineError::Media(name, "a disk image must hold at least one 512-byte sector".into()));
+        }
+        ide.attach(0, i, Drive::disk(Box::new(f)));
+    }
+    let cd = match &config.cdrom {
+        Some(p) => Some(Box::new(open_cd_image(p)?) as Box<dyn vireo_devices::block::BlockBackend>),
+        None => None,
+    };
+    let (c, s) = CDROM_SLOT;
+    ide.attach(c, s, Drive::cdrom(cd));
+    Ok(())
+}
+
 /// A kernel (Linux bzImage or Multiboot) and what it boots with.
 struct KernelImage {
     name: String,
@@ -276,6 +417,9 @@ impl KernelImage {
             machine.vcpus() as u8,
         )?;
         if crate::boot::linux::is_bzimage(&self.kernel) {
+            machine
+                .install_acpi()
+                .map_err(|e| EngineError::Media("ACPI tables".into(), e.to_string()))?;
             return Ok(crate::boot::linux::load(
                 &machine.space.ram,
                 &self.name,
@@ -386,6 +530,7 @@ pub fn start(config: &MachineConfig) -> Result<EngineHandle, EngineError> {
     };
     let machine = Machine::with_firmware(config.memory, config.vcpus, firmware.as_ref())?;
     machine.set_boot_order(&config.boot_order);
+    attach_drives(&machine, config)?;
     let boot = image.load(&machine)?;
     let (mut accels, fallback) =
         choose_accels(config.accel, config.kvm_allow_paravirtual, &machine)?;
@@ -411,7 +556,10 @@ pub fn start(config: &MachineConfig) -> Result<EngineHandle, EngineError> {
         subscribers: subscribers.clone(),
         wake: machine.engine_waker.clone(),
         thread: Arc::new(Mutex::new(None)),
+        surface: machine.surface.clone(),
+        state: Arc::new(std::sync::atomic::AtomicU8::new(0)),
     };
+    let state = handle.state.clone();
     let no_reboot = config.no_reboot;
     let t = std::thread::Builder::new()
         .name("vireo-engine".into())
@@ -427,8 +575,10 @@ pub fn start(config: &MachineConfig) -> Result<EngineHandle, EngineError> {
                 no_reboot,
                 paused: false,
                 serial_pending: Default::default(),
+                state,
             };
             engine.run(accel_name, accels);
+            engine.set_state(RunState::Shutdown);
         })
         .map_err(EngineError::Thread)?;
     *lock(&handle.thread) = Some(t);
@@ -564,9 +714,65 @@ struct Engine {
     paused: bool,
     /// Host input COM1 could not take yet.
     serial_pending: std::collections::VecDeque<u8>,
+    /// Shared with the handles.
+    state: Arc<std::sync::atomic::AtomicU8>,
+}
+
+/// The CD-ROM drive's place on the IDE bus (secondary master), and the
+/// names clients may give it (QEMU's, and a plain one).
+const CDROM_SLOT: (usize, usize) = (1, 0);
+fn is_cdrom_name(device: &str) -> bool {
+    matches!(device, "ide1-cd0" | "cdrom" | "cd0")
+}
+
+/// Opens a CD image, checking it is one: an ISO 9660 volume descriptor
+/// (ECMA-119 §8.4) at sector 16 and a file as long as the volume it
+/// describes. Images without ISO 9660 (El Torito-only, audio) are taken
+/// as they are if their size is a whole number of 2048-byte sectors.
+pub fn open_cd_image(path: &std::path::Path) -> Result<vireo_devices::block::FileBackend, EngineError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let name = path.display().to_string();
+    let bad = |why: String| EngineError::Media(name.clone(), why);
+    let mut f = std::fs::File::open(path).map_err(|e| EngineError::File(name.clone(), e))?;
+    let len = f
+        .metadata()
+        .map_err(|e| EngineError::File(name.clone(), e))?
+        .len();
+    if len == 0 {
+        return Err(bad("the file is empty".into()));
+    }
+    let mut pvd = [0u8; 2048];
+    let has_pvd = len >= 17 * 2048
+        && f.seek(SeekFrom::Start(16 * 2048)).is_ok()
+        && f.read_exact(&mut pvd).is_ok()
+        && &pvd[1..6] == b"CD001";
+    if has_pvd {
+        let blocks = u32::from_le_bytes([pvd[80], pvd[81], pvd[82], pvd[83]]) as u64;
+        let block = u16::from_le_bytes([pvd[128], pvd[129]]) as u64;
+        let want = blocks * block;
+        if want > len {
+            return Err(bad(format!(
+                "truncated: its ISO 9660 volume is {want} bytes but the file has {len}"
+            )));
+        }
+    } else if len % 2048 != 0 {
+        return Err(bad(format!(
+            "not a CD image: no ISO 9660 volume, and {len} bytes is not a whole number of 2048-byte sectors"
+        )));
+    }
+    vireo_devices::block::FileBackend::open(path, true).map_err(|e| EngineError::File(name, e))
 }
 
 impl Engine {
+    fn set_state(&self, s: RunState) {
+        let v = match s {
+            RunState::Running => 0,
+            RunState::Paused => 1,
+            RunState::Shutdown => 2,
+        };
+        self.state.store(v, Ordering::Release);
+    }
+
     fn emit(&self, ev: Event) {
         lock(&self.subscribers).retain(|s| s.send(ev.clone()).is_ok());
     }
@@ -619,6 +825,7 @@ impl Engine {
                 if !self.paused {
                     self.park_vcpus();
                     self.paused = true;
+                    self.set_state(RunState::Paused);
                     self.emit(Event::Paused);
                 }
             }
@@ -626,6 +833,7 @@ impl Engine {
                 if self.paused {
                     self.paused = false;
                     self.unpark_vcpus();
+                    self.set_state(RunState::Running);
                     self.emit(Event::Resumed);
                 }
             }
@@ -634,6 +842,67 @@ impl Engine {
             Command::SerialInput(bytes) => {
                 self.serial_pending.extend(bytes);
                 self.feed_serial();
+            }
+            Command::TextScreen(reply) => {
+                let _ = reply.send(lock(&self.machine.vga).text_screen());
+            }
+            Command::PowerButton => {
+                let listened = lock(&self.machine.acpi_pm).events().power_button();
+                if !listened {
+                    tracing::info!("power button: the guest has no ACPI handler listening");
+                }
+            }
+            Command::Screendump {
+                path,
+                format,
+                reply,
+            } => {
+                self.machine.refresh_display();
+                let s = self
+                    .machine
+                    .surface
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner());
+                let r = match format {
+                    ScreenFormat::Ppm => s.write_ppm(&path),
+                    ScreenFormat::Png => s.write_png(&path),
+                };
+                let _ = reply.send(r.map_err(|e| format!("{}: {e}", path.display())));
+            }
+            Command::Eject {
+                device,
+                force,
+                reply,
+            } => {
+                let r = if is_cdrom_name(&device) {
+                    let (c, d) = CDROM_SLOT;
+                    lock(&self.machine.ide)
+                        .eject(c, d, force)
+                        .map_err(|e| format!("Device '{device}': {e}"))
+                } else {
+                    Err(format!("Device '{device}' not found"))
+                };
+                let _ = reply.send(r);
+            }
+            Command::ChangeMedium {
+                device,
+                path,
+                reply,
+            } => {
+                let r = if is_cdrom_name(&device) {
+                    match open_cd_image(&path) {
+                        Ok(b) => {
+                            let (c, d) = CDROM_SLOT;
+                            lock(&self.machine.ide)
+                                .change_medium(c, d, Some(Box::new(b)))
+                                .map_err(|e| format!("Device '{device}': {e}"))
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                } else {
+                    Err(format!("Device '{device}' not found"))
+                };
+                let _ = reply.send(r);
             }
         }
         None
@@ -732,12 +1001,20 @@ impl Engine {
     fn main_loop(&mut self) -> StopReason {
         // When the timers next need attention, in machine time.
         let mut next_timer: Option<u64> = None;
+        // The display is redrawn from the VGA this often.
+        const FRAME_NS: u64 = 33_000_000;
+        let mut next_frame = 0u64;
         loop {
             let now = self.machine.now_ns();
+            if now >= next_frame {
+                self.machine.refresh_display();
+                next_frame = now + FRAME_NS;
+            }
             let mut wait = next_timer
                 .map(|t| Duration::from_nanos(t.saturating_sub(now)))
                 .unwrap_or(Duration::from_millis(50))
-                .min(Duration::from_millis(50));
+                .min(Duration::from_millis(50))
+                .min(Duration::from_nanos(next_frame.saturating_sub(now)));
             if !self.serial_pending.is_empty() {
                 wait = wait.min(Duration::from_millis(5));
             }
@@ -771,6 +1048,9 @@ impl Engine {
             }
             if let Some(status) = self.machine.control.exit_status() {
                 return StopReason::Exit(status);
+            }
+            if self.machine.control.take_poweroff() {
+                return StopReason::PowerOff;
             }
             if self.machine.control.take_reset() {
                 if let Some(r) = self.reset(true) {

@@ -1,8 +1,9 @@
-//! The PC machine for direct kernel boot: RAM plus the legacy devices
-//! (PIC, PIT, RTC/CMOS, COM1, i8042, fw_cfg, PCI bus 0 with the 440FX and
-//! PIIX3 bridges, isa-debug-exit, POST code port) on their usual
-//! ports, a local APIC per vCPU and an I/O APIC (described to the guest by
-//! an MP table).
+//! The PC (QEMU's `pc` machine, i440FX + PIIX3): RAM plus the legacy
+//! devices (PIC, PIT, RTC/CMOS, COM1, i8042, fw_cfg, port 0x92/0xcf9,
+//! isa-debug-exit, POST code port), PCI bus 0 with the 440FX host bridge,
+//! PIIX3 ISA bridge and IDE, the PIIX4 ACPI PM function and a standard
+//! VGA, a local APIC per vCPU and an I/O APIC (described to the guest by
+//! an MP table and ACPI). It boots a kernel directly or through SeaBIOS.
 
 use crate::apic::{Apics, IsaIrq, Waker};
 use crate::boot::firmware::Firmware;
@@ -12,8 +13,14 @@ use crate::memory::{GuestRam, MemoryError};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use thiserror::Error;
+use crate::display::{Renderer, SharedSurface, Surface};
+use std::sync::RwLock;
+use vireo_devices::acpi_pm::{self, AcpiPm};
 use vireo_devices::debug_exit::DebugExit;
 use vireo_devices::debugcon::DebugCon;
+use vireo_devices::ide::Ide;
+use vireo_devices::reset_control::ResetControl;
+use vireo_devices::vga::{self, SharedVga, VbePorts, Vga, VgaPorts, VgaWindow};
 use vireo_devices::fw_cfg::{key as fw_key, DmaMemory, FwCfg};
 use vireo_devices::i8042::{I8042Port, I8042};
 use vireo_devices::pci::{self, PciBus};
@@ -46,6 +53,7 @@ pub const MAX_VCPUS: usize = crate::boot::mptable::MAX_CPUS as usize;
 /// engine's control loop.
 pub struct Control {
     reset: AtomicBool,
+    poweroff: AtomicBool,
     exit: AtomicBool,
     status: AtomicI32,
     engine: Arc<Waker>,
@@ -55,6 +63,7 @@ impl Control {
     fn new(engine: Arc<Waker>) -> Self {
         Control {
             reset: AtomicBool::new(false),
+            poweroff: AtomicBool::new(false),
             exit: AtomicBool::new(false),
             status: AtomicI32::new(0),
             engine,
@@ -68,6 +77,11 @@ impl Control {
     /// Takes a pending reset request.
     pub fn take_reset(&self) -> bool {
         self.reset.swap(false, Ordering::AcqRel)
+    }
+
+    /// Takes a pending power-off request (the guest entered S5).
+    pub fn take_poweroff(&self) -> bool {
+        self.poweroff.swap(false, Ordering::AcqRel)
     }
 
     /// A pending exit request's status.
@@ -86,6 +100,10 @@ impl SystemControl for Control {
     fn request_exit(&self, status: i32) {
         self.status.store(status, Ordering::Release);
         self.exit.store(true, Ordering::Release);
+        self.kick();
+    }
+    fn request_poweroff(&self) {
+        self.poweroff.store(true, Ordering::Release);
         self.kick();
     }
 }
@@ -130,6 +148,18 @@ pub struct Machine {
     pub port92: Arc<Mutex<Port92>>,
     /// QEMU's firmware configuration device (ports 0x510–0x51b).
     pub fw_cfg: Arc<Mutex<FwCfg>>,
+    /// The standard VGA with Bochs VBE (00:02.0).
+    pub vga: SharedVga,
+    /// The PIIX3 IDE controller (00:01.1).
+    pub ide: Arc<Mutex<Ide>>,
+    /// The PIIX4 ACPI power-management function (00:01.3).
+    pub acpi_pm: Arc<Mutex<AcpiPm>>,
+    /// Port 0xcf9.
+    pub reset_control: Arc<Mutex<ResetControl>>,
+    /// What the screen shows, rendered from the VGA by
+    /// [`Machine::refresh_display`]; clients read it.
+    pub surface: SharedSurface,
+    renderer: Mutex<Renderer>,
     /// Which RAM pages hold code the software vCPUs decoded (shared by
     /// them; device DMA into RAM goes through it).
     pub code: Arc<SharedCode>,
@@ -150,6 +180,18 @@ pub struct Machine {
     clock: Arc<HostClock>,
 }
 
+/// CONFIG_DATA (0xcfc–0xcff) of the PCI bus registered at 0xcf8.
+struct PciConfigData(Arc<Mutex<PciBus>>);
+
+impl vireo_devices::BusDevice for PciConfigData {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        lock(&self.0).read(offset + 4, data)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        lock(&self.0).write(offset + 4, data)
+    }
+}
+
 /// The BIOS ROM where the processor starts (ending at 4 GiB): reads give
 /// the image, writes are ignored.
 struct Rom(Arc<[u8]>);
@@ -164,6 +206,10 @@ impl vireo_devices::BusDevice for Rom {
         vireo_devices::log_odd_access!("bios rom: write at {offset:#x} ignored");
     }
 }
+
+/// Where direct kernel boot puts the ACPI tables and the RSDP.
+const ACPI_TABLES_ADDR: u64 = 0xe_0000;
+const ACPI_RSDP_ADDR: u64 = 0xf_0000;
 
 /// Where the last 128 KiB of the BIOS also appear (the "isa-bios" window
 /// at 0xe0000–0xfffff that real-mode code runs from).
@@ -294,6 +340,58 @@ impl Machine {
         let mut bus = PciBus::new();
         bus.attach(0, 0, Arc::new(Mutex::new(pci::i440fx_host_bridge())));
         bus.attach(1, 0, Arc::new(Mutex::new(pci::piix3_isa_bridge())));
+        let vga_dev: SharedVga = Arc::new(Mutex::new(Vga::new(
+            firmware.and_then(|f| f.vgabios.clone()).unwrap_or_default(),
+        )));
+        bus.attach(2, 0, vga_dev.clone());
+        space.pio.insert(
+            vga::VGA_PORTS_BASE as u64,
+            vga::VGA_PORTS_LEN as u64,
+            Arc::new(Mutex::new(VgaPorts(vga_dev.clone()))),
+        )?;
+        space.pio.insert(
+            vga::VBE_PORTS_BASE as u64,
+            2,
+            Arc::new(Mutex::new(VbePorts(vga_dev.clone()))),
+        )?;
+        space.mmio.insert(
+            vga::VGA_WINDOW_BASE,
+            vga::VGA_WINDOW_LEN,
+            Arc::new(Mutex::new(VgaWindow(vga_dev.clone()))),
+        )?;
+        let ide = Arc::new(Mutex::new(Ide::new(dma.clone(), irq(14), irq(15))));
+        for (base, len, port) in Ide::legacy_ports(&ide) {
+            space.pio.insert(base, len, Arc::new(Mutex::new(port)))?;
+        }
+        bus.attach(1, 1, ide.clone());
+        let pm = Arc::new(Mutex::new(AcpiPm::new(irq(9), clock.clone(), control.clone())));
+        {
+            let p = lock(&pm);
+            space.pio.insert(
+                acpi_pm::APM_PORT as u64,
+                2,
+                Arc::new(Mutex::new(p.apm_ports())),
+            )?;
+            space.pio.insert(
+                acpi_pm::GPE0_PORT as u64,
+                acpi_pm::GPE0_LEN as u64,
+                Arc::new(Mutex::new(p.gpe0_block())),
+            )?;
+        }
+        bus.attach(1, 3, pm.clone());
+        let reset_control = Arc::new(Mutex::new(ResetControl::new(control.clone())));
+        space.pio.insert(
+            crate::acpi::RESET_PORT as u64,
+            1,
+            reset_control.clone() as SharedDevice,
+        )?;
+        if firmware.is_some() {
+            let t = crate::acpi::build(vcpus);
+            let mut f = lock(&fw_cfg);
+            let _ = f.add_file(crate::acpi::TABLES_FILE, t.tables, false);
+            let _ = f.add_file(crate::acpi::RSDP_FILE, t.rsdp, false);
+            let _ = f.add_file(crate::acpi::LOADER_FILE, t.loader, false);
+        }
         let port92 = Arc::new(Mutex::new(Port92::new(control.clone())));
         space.pio.insert(0x92, 1, port92.clone() as SharedDevice)?;
         space
@@ -303,9 +401,16 @@ impl Machine {
             .mmio
             .set_fallback(Arc::new(Mutex::new(bus.window(pci::Space::Memory))));
         let pci_bus = Arc::new(Mutex::new(bus));
+        // CONFIG_ADDRESS is a dword at 0xcf8 whose byte 0xcf9 is the
+        // reset control register; CONFIG_DATA is at 0xcfc.
         space
             .pio
-            .insert(0xcf8, 8, pci_bus.clone() as SharedDevice)?;
+            .insert(0xcf8, 1, pci_bus.clone() as SharedDevice)?;
+        space.pio.insert(
+            0xcfc,
+            4,
+            Arc::new(Mutex::new(PciConfigData(pci_bus.clone()))),
+        )?;
 
         space
             .pio
@@ -380,6 +485,12 @@ impl Machine {
             pci: pci_bus,
             port92,
             fw_cfg,
+            vga: vga_dev,
+            ide,
+            acpi_pm: pm,
+            reset_control,
+            surface: Arc::new(RwLock::new(Surface::new(720, 400))),
+            renderer: Mutex::new(Renderer::new()),
             code,
             apics,
             control,
@@ -390,6 +501,28 @@ impl Machine {
             debug_out,
             clock: host_clock,
         })
+    }
+
+    /// Renders what changed on the VGA into [`Machine::surface`].
+    pub fn refresh_display(&self) {
+        let now_ms = self.clock.now_ns() / 1_000_000;
+        lock(&self.renderer).render_shared(&self.surface, &self.vga, now_ms);
+    }
+
+    /// Puts the ACPI tables in RAM and turns the PM registers on, as
+    /// firmware would, for a kernel booted directly: the RSDP at 0xf0000
+    /// (reserved in the e820 map), the tables at 0xe0000.
+    pub fn install_acpi(&self) -> Result<(), crate::acpi::AcpiError> {
+        let ram = &self.space.ram;
+        crate::acpi::install(
+            |addr, data| ram.write_bytes(addr, data),
+            self.vcpus(),
+            ACPI_TABLES_ADDR,
+            ACPI_RSDP_ADDR,
+        )?;
+        lock(&self.acpi_pm).enable_at(crate::acpi::PM_BASE);
+        lock(&self.pci).invalidate_windows();
+        Ok(())
     }
 
     /// True when the machine boots through firmware.
@@ -472,8 +605,9 @@ impl Machine {
     pub fn poll_timers(&self) -> Option<u64> {
         let pit = lock(&self.pit).poll();
         let rtc = lock(&self.rtc).poll();
+        let pm = lock(&self.acpi_pm).poll();
         let apic = self.apics.poll_timers();
-        [pit, rtc, apic].into_iter().flatten().min()
+        [pit, rtc, pm, apic].into_iter().flatten().min()
     }
 
     /// Resets the devices to their power-on state.
@@ -484,6 +618,10 @@ impl Machine {
         lock(&self.i8042).reset();
         lock(&self.rtc).reset();
         lock(&self.port92).reset();
+        lock(&self.reset_control).reset();
+        lock(&self.ide).reset();
+        lock(&self.acpi_pm).reset();
+        lock(&self.pci).invalidate_windows();
         self.apics.reset();
     }
 }

@@ -52,3 +52,74 @@ fn seabios_finds_the_machine_and_reports_no_boot_device() {
         assert!(log.contains(want), "SeaBIOS did not print {want:?}:\n{log}");
     }
 }
+
+/// The CD images of `tests/fixtures/boot-media.sh` (built once a run).
+fn boot_media() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    static MEDIA: std::sync::OnceLock<Vec<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let v = MEDIA.get_or_init(|| {
+        let cache = std::env::var_os("VIREO_CACHE")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                    .join(".cache/vireo")
+            });
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/boot-media.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(&cache)
+            .output()
+            .expect("run boot-media.sh");
+        assert!(
+            out.status.success(),
+            "boot-media.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .rev()
+            .take(3)
+            .map(std::path::PathBuf::from)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect()
+    });
+    (v[0].clone(), v[1].clone(), v[2].clone())
+}
+
+/// Waits until the text screen holds `want`; returns it.
+fn wait_text(h: &engine::EngineHandle, want: &str, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let mut last = Vec::new();
+    while Instant::now() < deadline {
+        if let Some(t) = h.text_screen() {
+            if t.iter().any(|l| l.contains(want)) {
+                return t;
+            }
+            last = t;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{want:?} never appeared; the screen:\n{}", last.join("\n"));
+}
+
+#[test]
+fn grub_rescue_cd_boots_to_the_grub_prompt() {
+    let (grub, _, _) = boot_media();
+    let config = MachineConfig {
+        memory: 256 << 20,
+        accel: AccelKind::Soft,
+        cdrom: Some(grub),
+        boot_order: "d".into(),
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let h = engine::start(&config).unwrap_or_else(|e| panic!("start: {e}"));
+    let screen = wait_text(&h, "GNU GRUB", Duration::from_secs(120));
+    eprintln!("GRUB banner after {:?}:\n{}", t0.elapsed(), screen.join("\n"));
+    let screen = wait_text(&h, "grub>", Duration::from_secs(60));
+    eprintln!("GRUB prompt after {:?}:\n{}", t0.elapsed(), screen.join("\n"));
+    h.send(Command::PowerOff);
+    h.join();
+}
