@@ -118,7 +118,9 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
             ("file", v) if !v.is_empty() => path = Some(PathBuf::from(v)),
             ("if", "ide") | ("format", "raw") => {}
             ("if", v) => return Err(format!("if={v}: only ide disks exist so far")),
-            ("format", v) => return Err(format!("format={v}: only raw images are supported so far")),
+            ("format", v) => {
+                return Err(format!("format={v}: only raw images are supported so far"))
+            }
             ("readonly", "on") => read_only = true,
             ("readonly", "off") => read_only = false,
             _ => return Err(format!("unknown or bad option \"{part}\"")),

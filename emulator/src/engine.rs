@@ -164,6 +164,16 @@ pub enum Command {
         /// The outcome.
         reply: Reply,
     },
+    /// Presses keys (QKeyCode names, e.g. `ctrl`, `alt`, `delete`)
+    /// together on the PS/2 keyboard, releasing them after `hold_ms`.
+    SendKeys {
+        /// The keys, pressed in order and released in reverse.
+        keys: Vec<String>,
+        /// How long they stay down.
+        hold_ms: u64,
+        /// The outcome (unknown key names are refused).
+        reply: Reply,
+    },
     /// Reads the characters of a text-mode screen (None in graphics modes).
     TextScreen(Sender<Option<Vec<String>>>),
     /// Opens the CD-ROM drive's tray (`device`: `ide1-cd0` or `cdrom`).
@@ -264,6 +274,21 @@ impl EngineHandle {
         }
         rx.recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| Err("the machine did not answer".into()))
+    }
+
+    /// Types `text` on the keyboard (US layout: letters, digits, space,
+    /// punctuation and `\n` as Enter), one key at a time.
+    pub fn type_text(&self, text: &str) -> Result<(), String> {
+        for ch in text.chars() {
+            let keys = crate::keycodes::keys_for_char(ch)
+                .ok_or_else(|| format!("cannot type {ch:?} on a US keyboard"))?;
+            self.request(|reply| Command::SendKeys {
+                keys: keys.iter().map(|k| k.to_string()).collect(),
+                hold_ms: 10,
+                reply,
+            })?;
+        }
+        Ok(())
     }
 
     /// The characters on a text-mode screen, a string a row; None in a
@@ -379,15 +404,22 @@ fn attach_drives(machine: &Machine, config: &MachineConfig) -> Result<(), Engine
     if config.disks.len() > 2 {
         return Err(EngineError::Media(
             "--disk".into(),
-            format!("{} disks given; the IDE primary channel takes 2", config.disks.len()),
+            format!(
+                "{} disks given; the IDE primary channel takes 2",
+                config.disks.len()
+            ),
         ));
     }
     let mut ide = lock(&machine.ide);
     for (i, d) in config.disks.iter().enumerate() {
         let name = d.path.display().to_string();
-        let f = FileBackend::open(&d.path, d.read_only).map_err(|e| EngineError::File(name.clone(), e))?;
+        let f = FileBackend::open(&d.path, d.read_only)
+            .map_err(|e| EngineError::File(name.clone(), e))?;
         if vireo_devices::block::BlockBackend::len(&f) < 512 {
-            return Err(EngineError::Media(name, "a disk image must hold at least one 512-byte sector".into()));
+            return Err(EngineError::Media(
+                name,
+                "a disk image must hold at least one 512-byte sector".into(),
+            ));
         }
         ide.attach(0, i, Drive::disk(Box::new(f)));
     }
@@ -576,6 +608,7 @@ pub fn start(config: &MachineConfig) -> Result<EngineHandle, EngineError> {
                 paused: false,
                 serial_pending: Default::default(),
                 state,
+                keys_pending: Default::default(),
             };
             engine.run(accel_name, accels);
             engine.set_state(RunState::Shutdown);
@@ -716,6 +749,9 @@ struct Engine {
     serial_pending: std::collections::VecDeque<u8>,
     /// Shared with the handles.
     state: Arc<std::sync::atomic::AtomicU8>,
+    /// Scan codes waiting for their time (machine ns) or for room in the
+    /// keyboard's buffer, in order.
+    keys_pending: std::collections::VecDeque<(u64, Vec<u8>)>,
 }
 
 /// The CD-ROM drive's place on the IDE bus (secondary master), and the
@@ -729,7 +765,9 @@ fn is_cdrom_name(device: &str) -> bool {
 /// (ECMA-119 §8.4) at sector 16 and a file as long as the volume it
 /// describes. Images without ISO 9660 (El Torito-only, audio) are taken
 /// as they are if their size is a whole number of 2048-byte sectors.
-pub fn open_cd_image(path: &std::path::Path) -> Result<vireo_devices::block::FileBackend, EngineError> {
+pub fn open_cd_image(
+    path: &std::path::Path,
+) -> Result<vireo_devices::block::FileBackend, EngineError> {
     use std::io::{Read, Seek, SeekFrom};
     let name = path.display().to_string();
     let bad = |why: String| EngineError::Media(name.clone(), why);
@@ -843,6 +881,28 @@ impl Engine {
                 self.serial_pending.extend(bytes);
                 self.feed_serial();
             }
+            Command::SendKeys {
+                keys,
+                hold_ms,
+                reply,
+            } => {
+                let set = lock(&self.machine.i8042).expected_scancode_set();
+                let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+                let r = match crate::keycodes::key_sequence(&names, set) {
+                    Ok(seq) => {
+                        let now = self.machine.now_ns();
+                        // After whatever is still queued.
+                        let at = self.keys_pending.back().map_or(now, |(t, _)| (*t).max(now));
+                        self.keys_pending.push_back((at, seq.press));
+                        self.keys_pending
+                            .push_back((at + hold_ms.min(60_000) * 1_000_000, seq.release));
+                        self.feed_keys();
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = reply.send(r);
+            }
             Command::TextScreen(reply) => {
                 let _ = reply.send(lock(&self.machine.vga).text_screen());
             }
@@ -904,6 +964,25 @@ impl Engine {
                 };
                 let _ = reply.send(r);
             }
+        }
+        None
+    }
+
+    /// Moves due key scan codes into the keyboard as far as it takes them;
+    /// returns when the next batch is due.
+    fn feed_keys(&mut self) -> Option<u64> {
+        let now = self.machine.now_ns();
+        while let Some((due, codes)) = self.keys_pending.front_mut() {
+            if *due > now {
+                return Some(*due);
+            }
+            let n = lock(&self.machine.i8042).push_scancodes(codes);
+            codes.drain(..n);
+            if !codes.is_empty() {
+                // The guest has not read its buffer yet: try again soon.
+                return Some(now + 5_000_000);
+            }
+            self.keys_pending.pop_front();
         }
         None
     }
@@ -1017,6 +1096,9 @@ impl Engine {
                 .min(Duration::from_nanos(next_frame.saturating_sub(now)));
             if !self.serial_pending.is_empty() {
                 wait = wait.min(Duration::from_millis(5));
+            }
+            if let Some(due) = self.feed_keys() {
+                wait = wait.min(Duration::from_nanos(due.saturating_sub(now)));
             }
             if !wait.is_zero() {
                 self.machine.engine_waker.wait(wait);

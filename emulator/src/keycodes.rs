@@ -523,6 +523,59 @@ pub fn qcode_to_qnum(name: &str) -> Option<u32> {
     Some(if key.set1 & E0 != 0 { 0x80 | low } else { low })
 }
 
+/// The QKeyCode names that type `ch` on a US keyboard (with `shift` first
+/// when needed), or None for characters it has no key for.
+pub fn keys_for_char(ch: char) -> Option<Vec<&'static str>> {
+    const LETTERS: [&str; 26] = [
+        "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q", "r",
+        "s", "t", "u", "v", "w", "x", "y", "z",
+    ];
+    const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    let plain = |k: &'static str| Some(vec![k]);
+    let shifted = |k: &'static str| Some(vec!["shift", k]);
+    match ch {
+        'a'..='z' => plain(LETTERS[(ch as u8 - b'a') as usize]),
+        'A'..='Z' => shifted(LETTERS[(ch as u8 - b'A') as usize]),
+        '0'..='9' => plain(DIGITS[(ch as u8 - b'0') as usize]),
+        ' ' => plain("spc"),
+        '\n' => plain("ret"),
+        '\t' => plain("tab"),
+        '-' => plain("minus"),
+        '_' => shifted("minus"),
+        '=' => plain("equal"),
+        '+' => shifted("equal"),
+        '[' => plain("bracket_left"),
+        '{' => shifted("bracket_left"),
+        ']' => plain("bracket_right"),
+        '}' => shifted("bracket_right"),
+        ';' => plain("semicolon"),
+        ':' => shifted("semicolon"),
+        '\'' => plain("apostrophe"),
+        '"' => shifted("apostrophe"),
+        '`' => plain("grave_accent"),
+        '~' => shifted("grave_accent"),
+        '\\' => plain("backslash"),
+        '|' => shifted("backslash"),
+        ',' => plain("comma"),
+        '<' => shifted("comma"),
+        '.' => plain("dot"),
+        '>' => shifted("dot"),
+        '/' => plain("slash"),
+        '?' => shifted("slash"),
+        '!' => shifted("1"),
+        '@' => shifted("2"),
+        '#' => shifted("3"),
+        '$' => shifted("4"),
+        '%' => shifted("5"),
+        '^' => shifted("6"),
+        '&' => shifted("7"),
+        '*' => shifted("8"),
+        '(' => shifted("9"),
+        ')' => shifted("0"),
+        _ => None,
+    }
+}
+
 /// Resolves a QMP key value to a QKeyCode name: `qcode` names are checked
 /// (and made canonical), numbers go through [`qnum_to_qcode`].
 pub fn resolve(qcode: Option<&str>, number: Option<i64>) -> Result<&'static str, KeyError> {
@@ -543,6 +596,16 @@ pub fn resolve(qcode: Option<&str>, number: Option<i64>) -> Result<&'static str,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_printable_ascii_character_has_keys() {
+        for c in (0x20u8..0x7f).map(char::from) {
+            let keys = keys_for_char(c).unwrap_or_else(|| panic!("{c:?}"));
+            assert!(key_sequence(&keys, 2).is_ok(), "{c:?}");
+        }
+        assert_eq!(keys_for_char('A'), Some(vec!["shift", "a"]));
+        assert_eq!(keys_for_char('é'), None);
+    }
     use std::collections::HashSet;
 
     #[test]

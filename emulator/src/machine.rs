@@ -9,27 +9,27 @@ use crate::apic::{Apics, IsaIrq, Waker};
 use crate::boot::firmware::Firmware;
 use crate::bus::{lock, AddressSpace, BusError, SharedDevice};
 use crate::cpu::{InterruptController, IrqState, SharedCode};
+use crate::display::{Renderer, SharedSurface, Surface};
 use crate::memory::{GuestRam, MemoryError};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::RwLock;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use thiserror::Error;
-use crate::display::{Renderer, SharedSurface, Surface};
-use std::sync::RwLock;
 use vireo_devices::acpi_pm::{self, AcpiPm};
 use vireo_devices::debug_exit::DebugExit;
 use vireo_devices::debugcon::DebugCon;
-use vireo_devices::ide::Ide;
-use vireo_devices::reset_control::ResetControl;
-use vireo_devices::vga::{self, SharedVga, VbePorts, Vga, VgaPorts, VgaWindow};
 use vireo_devices::fw_cfg::{key as fw_key, DmaMemory, FwCfg};
 use vireo_devices::i8042::{I8042Port, I8042};
+use vireo_devices::ide::Ide;
 use vireo_devices::pci::{self, PciBus};
 use vireo_devices::pic::{Pic, PicIrqLine, PicPorts};
 use vireo_devices::pit::{Pit, PortB};
 use vireo_devices::port92::Port92;
 use vireo_devices::post_code::PostCode;
+use vireo_devices::reset_control::ResetControl;
 use vireo_devices::rtc::Rtc;
 use vireo_devices::serial::Serial;
+use vireo_devices::vga::{self, SharedVga, VbePorts, Vga, VgaPorts, VgaWindow};
 use vireo_devices::{BusDevice as _, Clock, HostClock, IrqLine, SystemControl};
 
 /// Errors building a machine.
@@ -364,7 +364,11 @@ impl Machine {
             space.pio.insert(base, len, Arc::new(Mutex::new(port)))?;
         }
         bus.attach(1, 1, ide.clone());
-        let pm = Arc::new(Mutex::new(AcpiPm::new(irq(9), clock.clone(), control.clone())));
+        let pm = Arc::new(Mutex::new(AcpiPm::new(
+            irq(9),
+            clock.clone(),
+            control.clone(),
+        )));
         {
             let p = lock(&pm);
             space.pio.insert(

@@ -88,6 +88,51 @@ fn boot_media() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) 
     (v[0].clone(), v[1].clone(), v[2].clone())
 }
 
+/// What a screenshot showed.
+struct Shot {
+    width: u32,
+    height: u32,
+    /// Distinct colours on the screen.
+    colors: usize,
+    /// RGBA pixels.
+    rgba: Vec<u8>,
+}
+
+/// Saves the screen as `target/screenshots/NAME.png` (kept as a CI
+/// artifact) through the engine's screendump, and describes it.
+fn screenshot(h: &engine::EngineHandle, name: &str) -> Shot {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    let path = dir.join(format!("{name}.png"));
+    h.request(|reply| Command::Screendump {
+        path: path.clone(),
+        format: engine::ScreenFormat::Png,
+        reply,
+    })
+    .unwrap_or_else(|e| panic!("screendump: {e}"));
+    let png = std::fs::read(&path).expect("read the screenshot");
+    assert_eq!(&png[1..4], b"PNG", "{} is not a PNG", path.display());
+    let surface = h.surface();
+    let s = surface.read().expect("surface");
+    let rgba = s.pixels().to_vec();
+    let colors = rgba
+        .chunks_exact(4)
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    eprintln!(
+        "screenshot {} ({}x{}, {colors} colours)",
+        path.display(),
+        s.width(),
+        s.height()
+    );
+    Shot {
+        width: s.width(),
+        height: s.height(),
+        colors,
+        rgba,
+    }
+}
+
 /// Waits until the text screen holds `want`; returns it.
 fn wait_text(h: &engine::EngineHandle, want: &str, timeout: Duration) -> Vec<String> {
     let deadline = Instant::now() + timeout;
@@ -117,9 +162,29 @@ fn grub_rescue_cd_boots_to_the_grub_prompt() {
     let t0 = Instant::now();
     let h = engine::start(&config).unwrap_or_else(|e| panic!("start: {e}"));
     let screen = wait_text(&h, "GNU GRUB", Duration::from_secs(120));
-    eprintln!("GRUB banner after {:?}:\n{}", t0.elapsed(), screen.join("\n"));
-    let screen = wait_text(&h, "grub>", Duration::from_secs(60));
-    eprintln!("GRUB prompt after {:?}:\n{}", t0.elapsed(), screen.join("\n"));
+    eprintln!(
+        "GRUB banner after {:?}:\n{}",
+        t0.elapsed(),
+        screen.join("\n")
+    );
+    // `c` opens GRUB's command line; `ls` lists its devices.
+    h.type_text("c").expect("type");
+    wait_text(&h, "grub>", Duration::from_secs(30));
+    h.type_text("ls\n").expect("type");
+    let screen = wait_text(&h, "(cd) (cd,msdos1)", Duration::from_secs(30));
+    eprintln!(
+        "GRUB command line after {:?}:\n{}",
+        t0.elapsed(),
+        screen.join("\n")
+    );
+    assert!(
+        screen.iter().any(|l| l.starts_with("grub> ls")),
+        "{screen:?}"
+    );
+    // The picture: 80x25 text in 9x16 cells, GRUB's banner on it.
+    let shot = screenshot(&h, "grub-rescue-prompt");
+    assert_eq!((shot.width, shot.height), (720, 400));
+    assert!(shot.colors >= 2, "a blank screen");
     h.send(Command::PowerOff);
     h.join();
 }
