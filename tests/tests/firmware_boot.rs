@@ -188,3 +188,60 @@ fn grub_rescue_cd_boots_to_the_grub_prompt() {
     h.send(Command::PowerOff);
     h.join();
 }
+
+/// Reads the screen's text through Unifont (the installer's bterm font).
+fn read_screen(h: &engine::EngineHandle, font: &vireo_tests::screen::Font) -> (u32, u32, Vec<String>) {
+    let surface = h.surface();
+    let s = surface.read().expect("surface");
+    let lines = font.read(s.pixels(), s.width() as usize, s.height() as usize);
+    (s.width(), s.height(), lines)
+}
+
+#[test]
+fn debian_installer_cd_boots_to_its_first_dialog() {
+    let (_, di, unifont) = boot_media();
+    let font = vireo_tests::screen::Font::from_unifont_hex(&unifont).expect("unifont");
+    let config = MachineConfig {
+        memory: 1 << 30,
+        accel: AccelKind::Soft,
+        cdrom: Some(di),
+        boot_order: "d".into(),
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let h = engine::start(&config).unwrap_or_else(|e| panic!("start: {e}"));
+    // isolinux's VESA menu: a graphics mode showing the menu's title.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // (vesamenu draws with its own font, over Debian's splash picture.)
+    loop {
+        let (w, ht, _) = read_screen(&h, &font);
+        if h.text_screen().is_none() && (w, ht) == (640, 480) {
+            eprintln!("boot menu ({w}x{ht}) after {:?}", t0.elapsed());
+            break;
+        }
+        assert!(Instant::now() < deadline, "no graphical boot menu ({w}x{ht})");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Let it finish drawing.
+    std::thread::sleep(Duration::from_secs(2));
+    let menu = screenshot(&h, "d-i-boot-menu");
+    assert_eq!((menu.width, menu.height), (640, 480));
+    assert!(menu.colors > 16, "the menu's background picture is missing");
+    h.type_text("\n").expect("enter");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let (w, ht, lines) = read_screen(&h, &font);
+        if lines.iter().any(|l| l.contains("Select a language")) {
+            eprintln!("installer dialog ({w}x{ht}) after {:?}", t0.elapsed());
+            eprintln!("{}", lines.join("\n"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no installer dialog:\n{}", lines.join("\n"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let shot = screenshot(&h, "d-i-select-a-language");
+    assert!(shot.width >= 640 && shot.height >= 480, "{}x{}", shot.width, shot.height);
+    let _ = shot.rgba;
+    h.send(Command::PowerOff);
+    h.join();
+}
