@@ -243,3 +243,144 @@ fn the_boot_test_runs_on_kvm_where_the_host_can_run_unmodified_guests() {
         Ok(handle) => check_boot(&drive(handle, |_, _| {}), 1),
     }
 }
+
+/// The `vireo` binary next to this test's build (`cargo test --workspace`
+/// builds it).
+fn vireo_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("vireo"))
+        .expect("target dir");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+/// `poweroff` in the guest: Linux enters S5 through the ACPI PM registers
+/// the tables describe, and `vireo run` exits with status 0.
+#[test]
+fn guest_poweroff_through_acpi_ends_vireo_with_status_0() {
+    let (kernel, initrd) = fixture();
+    let out = Command::new(vireo_bin())
+        .args(["run", "--accel", "soft", "--memory", "256M", "--serial", "stdio"])
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .args([
+            "--append",
+            "console=ttyS0 quiet vireo.cmd=grep%20-c%20ACPI%20/proc/interrupts%3Bpoweroff%20-f",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run vireo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("VIREO-CMD-BEGIN"), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        !text.contains("VIREO-CMD-END"),
+        "poweroff returned instead of powering off:\n{text}"
+    );
+}
+
+/// The ACPI power button (QMP's system_powerdown): Linux's button driver
+/// reports it, busybox acpid runs its power-off action, and the machine
+/// stops by itself.
+#[test]
+fn power_button_makes_linux_shut_down_by_itself() {
+    let cfg = config(
+        1,
+        "console=ttyS0 quiet vireo.modules=1 vireo.acpid=1 vireo.cmd=sleep%20600",
+        AccelKind::Soft,
+    );
+    let handle = engine::start(&cfg).expect("start");
+    let mut pressed = false;
+    let b = drive(handle, |text, h| {
+        if !pressed && text.contains("VIREO-CMD-BEGIN") {
+            pressed = true;
+            h.send(engine::Command::PowerButton);
+        }
+    });
+    assert!(b.serial.contains("VIREO-ACPID-OK"), "{}", b.serial);
+    assert!(b.serial.contains("VIREO-POWER-BUTTON"), "{}", b.serial);
+    assert_eq!(b.stop, Some(StopReason::PowerOff), "{}", b.serial);
+}
+
+/// Runs a program; panics with its output if it fails.
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A FAT disk image booting the fixture kernel with syslinux (mtools and
+/// syslinux, no root needed).
+fn syslinux_disk(dir: &std::path::Path, append: &str) -> PathBuf {
+    let (kernel, initrd) = fixture();
+    let disk = dir.join("disk.img");
+    let f = std::fs::File::create(&disk).expect("disk");
+    f.set_len(64 << 20).expect("size");
+    drop(f);
+    run(Command::new("mkfs.fat").arg("-n").arg("VIREO").arg(&disk));
+    let cfg = dir.join("syslinux.cfg");
+    std::fs::write(
+        &cfg,
+        format!("DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL bzImage\n  APPEND initrd=initrd.gz {append}\n"),
+    )
+    .expect("cfg");
+    for (src, name) in [(&kernel, "bzImage"), (&initrd, "initrd.gz"), (&cfg, "syslinux.cfg")] {
+        run(Command::new("mcopy")
+            .arg("-i")
+            .arg(&disk)
+            .arg(src)
+            .arg(format!("::{name}")));
+    }
+    run(Command::new("syslinux").arg("--install").arg(&disk));
+    disk
+}
+
+/// SeaBIOS boots syslinux from the ATA disk, syslinux loads Debian's
+/// kernel, and Linux (ata_piix, sr_mod) finds the CD-ROM as /dev/sr0 and
+/// reads a file from an ISO made with xorriso.
+#[test]
+fn linux_boots_from_an_ata_disk_through_seabios_and_reads_the_cd() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ata-boot-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("iso")).expect("dir");
+    std::fs::write(dir.join("iso/hello.txt"), "Hello from the CD-ROM\n").expect("file");
+    let iso = dir.join("data.iso");
+    run(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-r", "-V", "VIREO_DATA", "-o"])
+        .arg(&iso)
+        .arg(dir.join("iso")));
+    let cmd = "ls%20-l%20/dev/sr0%3Bmount%20-t%20iso9660%20-o%20ro%20/dev/sr0%20/tmp%26%26cat%20/tmp/hello.txt%3Bpoweroff%20-f";
+    let disk = syslinux_disk(&dir, &format!("console=ttyS0 quiet vireo.modules=1 vireo.cmd={cmd}"));
+    let cfg = MachineConfig {
+        memory: 512 << 20,
+        accel: AccelKind::Soft,
+        disks: vec![engine::DiskConfig {
+            path: disk,
+            read_only: false,
+        }],
+        cdrom: Some(iso),
+        boot_order: "c".into(),
+        no_reboot: true,
+        ..Default::default()
+    };
+    let handle = engine::start(&cfg).expect("start");
+    let b = drive(handle, |_, _| {});
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(b.serial.contains("VIREO-MODULES-OK"), "{}", b.serial);
+    let out = b.command_output();
+    assert!(out.contains("/dev/sr0"), "no /dev/sr0:\n{}", b.serial);
+    assert!(out.contains("Hello from the CD-ROM"), "the file was not read:\n{}", b.serial);
+    assert_eq!(b.stop, Some(StopReason::PowerOff), "{}", b.serial);
+}
