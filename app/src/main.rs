@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use vireo_emulator::accel::AccelKind;
 use vireo_emulator::engine::{self, DiskConfig, Event, KernelConfig, MachineConfig, StopReason};
+use vireo_emulator::qmp::{QmpAddress, QmpServer};
+use vireo_emulator::qmp_engine::{self, EngineQmp};
 
 /// Vireo: a machine emulator and virtualizer.
 #[derive(Parser, Debug)]
@@ -92,6 +94,10 @@ struct RunArgs {
     /// Where the screen goes; "none" keeps it for screendumps and clients only.
     #[arg(long, value_enum, default_value = "none")]
     display: DisplayTarget,
+    /// Serve QMP (QEMU's machine protocol) on unix:PATH or tcp:HOST:PORT;
+    /// `quit` ends vireo with status 0.
+    #[arg(long, value_name = "ADDR")]
+    qmp: Option<String>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +172,48 @@ fn preset_enum<T: ValueEnum>(preset: &str, key: &str, v: &str) -> Result<T, Stri
     })
 }
 
+/// The QMP server of `--qmp`, and the thread forwarding engine events to it.
+struct Qmp {
+    server: QmpServer,
+    forward: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Qmp {
+    /// Serves QMP for `handle` on `addr`.
+    fn start(addr: &QmpAddress, handle: &engine::EngineHandle) -> Result<Qmp, String> {
+        // Subscribe first: no event between binding and forwarding is lost.
+        let events = handle.subscribe();
+        let server = QmpServer::bind(addr, std::sync::Arc::new(EngineQmp::new(handle.clone())))
+            .map_err(|e| e.to_string())?;
+        let forward = qmp_engine::forward_events(events, server.events())
+            .map_err(|e| format!("--qmp {addr}: cannot start the event thread: {e}"))?;
+        Ok(Qmp {
+            server,
+            forward: Some(forward),
+        })
+    }
+
+    /// After the machine stopped: lets the last event (SHUTDOWN) reach the
+    /// clients, then closes them and removes the socket file.
+    fn finish(mut self) {
+        if let Some(t) = self.forward.take() {
+            let _ = t.join();
+        }
+        if self.server.client_count() > 0 {
+            // The writer threads send what is queued in well under this.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        self.server.shutdown();
+    }
+}
+
 fn run(args: RunArgs) -> Result<u8, String> {
+    let qmp_addr = args
+        .qmp
+        .as_deref()
+        .map(str::parse::<QmpAddress>)
+        .transpose()
+        .map_err(|e| e.to_string())?;
     let (preset, pname) = match &args.preset {
         Some(n) => (preset::load(n)?, n.clone()),
         None => (preset::Preset::default(), String::new()),
@@ -219,6 +266,14 @@ fn run(args: RunArgs) -> Result<u8, String> {
         eprintln!("vireo: using the software CPU: {why}");
     }
     let events = handle.subscribe();
+    let qmp = match qmp_addr.map(|a| Qmp::start(&a, &handle)).transpose() {
+        Ok(q) => q,
+        Err(e) => {
+            handle.send(engine::Command::PowerOff);
+            handle.join();
+            return Err(e);
+        }
+    };
     let console = match serial {
         SerialTarget::Stdio => Some(serial_console::SerialConsole::start(handle.clone())),
         SerialTarget::None => None,
@@ -234,9 +289,12 @@ fn run(args: RunArgs) -> Result<u8, String> {
             Event::Stopped(reason) => {
                 status = match reason {
                     StopReason::Exit(s) => (s & 0xff) as u8,
-                    StopReason::PowerOff | StopReason::GuestReset => 0,
+                    StopReason::PowerOff | StopReason::GuestPowerOff | StopReason::GuestReset => 0,
                     StopReason::Error(e) => {
                         drop(console);
+                        if let Some(q) = qmp {
+                            q.finish();
+                        }
                         return Err(e);
                     }
                 };
@@ -252,6 +310,9 @@ fn run(args: RunArgs) -> Result<u8, String> {
         }
     }
     drop(console);
+    if let Some(q) = qmp {
+        q.finish();
+    }
     handle.join();
     Ok(status)
 }

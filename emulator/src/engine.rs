@@ -199,8 +199,10 @@ pub enum Command {
 /// Why the machine stopped for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
-    /// [`Command::PowerOff`] or the guest powered off.
+    /// [`Command::PowerOff`].
     PowerOff,
+    /// The guest powered off (ACPI S5).
+    GuestPowerOff,
     /// The guest reset under `no_reboot`.
     GuestReset,
     /// The guest wrote to `isa-debug-exit`; the process status to use.
@@ -222,7 +224,12 @@ pub enum Event {
     /// Resumed by a command.
     Resumed,
     /// The machine reset (and reboots).
-    Reset,
+    Reset {
+        /// The guest asked for it (else [`Command::Reset`]).
+        guest: bool,
+    },
+    /// [`Command::PowerButton`] pressed the ACPI power button.
+    PowerButton,
     /// Bytes from COM1.
     SerialOutput(Vec<u8>),
     /// Bytes firmware wrote to its debug console (port 0x402).
@@ -911,6 +918,7 @@ impl Engine {
                 if !listened {
                     tracing::info!("power button: the guest has no ACPI handler listening");
                 }
+                self.emit(Event::PowerButton);
             }
             Command::Screendump {
                 path,
@@ -1011,7 +1019,7 @@ impl Engine {
             }
             Err(e) => return Some(StopReason::Error(e.to_string())),
         }
-        self.emit(Event::Reset);
+        self.emit(Event::Reset { guest: by_guest });
         if !self.paused {
             self.unpark_vcpus();
         }
@@ -1053,6 +1061,8 @@ impl Engine {
         if let Some(n) = instructions {
             tracing::info!("instructions: {n}");
         }
+        // Clients that see the event see the state too.
+        self.set_state(RunState::Shutdown);
         self.emit(Event::Stopped(reason));
     }
 
@@ -1132,7 +1142,7 @@ impl Engine {
                 return StopReason::Exit(status);
             }
             if self.machine.control.take_poweroff() {
-                return StopReason::PowerOff;
+                return StopReason::GuestPowerOff;
             }
             if self.machine.control.take_reset() {
                 if let Some(r) = self.reset(true) {
@@ -1185,6 +1195,8 @@ mod tests {
             vcpus: 1,
             firmware_dir: None,
             boot_order: "cd".into(),
+            cdrom: None,
+            disks: Vec::new(),
         }
     }
 
@@ -1208,7 +1220,7 @@ mod tests {
         h.send(Command::Resume);
         assert_eq!(next(&rx), Event::Resumed);
         h.send(Command::Reset);
-        assert_eq!(next(&rx), Event::Reset);
+        assert_eq!(next(&rx), Event::Reset { guest: false });
         let late = h.subscribe();
         h.send(Command::PowerOff);
         assert_eq!(next(&rx), Event::Stopped(StopReason::PowerOff));
@@ -1228,7 +1240,7 @@ mod tests {
             h.send(Command::Pause);
             assert_eq!(next(&rx), Event::Paused);
             h.send(Command::Reset);
-            assert_eq!(next(&rx), Event::Reset);
+            assert_eq!(next(&rx), Event::Reset { guest: false });
             h.send(Command::Resume);
             assert_eq!(next(&rx), Event::Resumed);
         }

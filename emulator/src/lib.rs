@@ -17,3 +17,4 @@ pub mod kvm_accel;
 pub mod machine;
 pub mod memory;
 pub mod qmp;
+pub mod qmp_engine;
