@@ -40,10 +40,52 @@ impl Font {
         Ok(Font { glyphs })
     }
 
+    /// The printable ASCII glyphs of the 8×16 font inside a VGA BIOS image
+    /// (the font a text-mode screen is drawn with once the VGA BIOS loaded
+    /// it), found by the IBM VGA glyph of `A`.
+    pub fn from_vga_rom(path: &Path) -> std::io::Result<Font> {
+        const A: [u8; 16] = [
+            0x00, 0x00, 0x10, 0x38, 0x6c, 0xc6, 0xc6, 0xfe, 0xc6, 0xc6, 0xc6, 0xc6, 0x00, 0x00,
+            0x00, 0x00,
+        ];
+        let rom = std::fs::read(path)?;
+        let at = rom
+            .windows(16)
+            .position(|w| w == A)
+            .filter(|&p| p >= 0x41 * 16 && p - 0x41 * 16 + 256 * 16 <= rom.len())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: no 8x16 VGA font found", path.display()),
+                )
+            })?;
+        let base = at - 0x41 * 16;
+        let mut glyphs = HashMap::new();
+        for c in 0x20u8..0x7f {
+            let mut g = [0u8; 16];
+            g.copy_from_slice(&rom[base + c as usize * 16..base + c as usize * 16 + 16]);
+            glyphs.entry(g).or_insert(c as char);
+        }
+        Ok(Font { glyphs })
+    }
+
     /// The text of an RGBA frame (`width`×`height`, 4 bytes a pixel) read
     /// cell by cell on the 8×16 grid from the top-left corner; cells
     /// matching no glyph read as `?`, trailing blanks are trimmed.
     pub fn read(&self, rgba: &[u8], width: usize, height: usize) -> Vec<String> {
+        self.read_cells(rgba, width, height, 8)
+    }
+
+    /// Like [`Font::read`] with cells `cell_w` pixels wide (9 for VGA text
+    /// modes), of which the leftmost 8 are compared.
+    pub fn read_cells(
+        &self,
+        rgba: &[u8],
+        width: usize,
+        height: usize,
+        cell_w: usize,
+    ) -> Vec<String> {
+        let cell_w = cell_w.max(8);
         let px = |x: usize, y: usize| -> u32 {
             let i = (y * width + x) * 4;
             rgba.get(i..i + 3)
@@ -53,11 +95,13 @@ impl Font {
         let mut lines = Vec::new();
         for row in 0..height / 16 {
             let mut s = String::new();
-            for col in 0..width / 8 {
+            for col in 0..width / cell_w {
                 let mut counts: HashMap<u32, usize> = HashMap::new();
                 for y in 0..16 {
                     for x in 0..8 {
-                        *counts.entry(px(col * 8 + x, row * 16 + y)).or_default() += 1;
+                        *counts
+                            .entry(px(col * cell_w + x, row * 16 + y))
+                            .or_default() += 1;
                     }
                 }
                 let bg = counts
@@ -68,7 +112,7 @@ impl Font {
                 let mut g = [0u8; 16];
                 for (y, b) in g.iter_mut().enumerate() {
                     for x in 0..8 {
-                        if px(col * 8 + x, row * 16 + y) != bg {
+                        if px(col * cell_w + x, row * 16 + y) != bg {
                             *b |= 0x80 >> x;
                         }
                     }

@@ -267,7 +267,9 @@ fn vireo_bin() -> PathBuf {
 fn guest_poweroff_through_acpi_ends_vireo_with_status_0() {
     let (kernel, initrd) = fixture();
     let out = Command::new(vireo_bin())
-        .args(["run", "--accel", "soft", "--memory", "256M", "--serial", "stdio"])
+        .args([
+            "run", "--accel", "soft", "--memory", "256M", "--serial", "stdio",
+        ])
         .arg("--kernel")
         .arg(&kernel)
         .arg("--initrd")
@@ -280,7 +282,11 @@ fn guest_poweroff_through_acpi_ends_vireo_with_status_0() {
         .output()
         .expect("run vireo");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("VIREO-CMD-BEGIN"), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("VIREO-CMD-BEGIN"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(
         !text.contains("VIREO-CMD-END"),
@@ -288,27 +294,53 @@ fn guest_poweroff_through_acpi_ends_vireo_with_status_0() {
     );
 }
 
-/// The ACPI power button (QMP's system_powerdown): Linux's button driver
-/// reports it, busybox acpid runs its power-off action, and the machine
-/// stops by itself.
+/// QMP's `system_powerdown` on the control socket presses the ACPI power
+/// button: Linux's button driver reports it, busybox acpid runs its
+/// power-off action, and the machine stops by itself.
 #[test]
-fn power_button_makes_linux_shut_down_by_itself() {
+fn system_powerdown_on_the_qmp_socket_makes_linux_shut_down() {
+    use std::io::{BufRead, BufReader, Write};
     let cfg = config(
         1,
         "console=ttyS0 quiet vireo.modules=1 vireo.acpid=1 vireo.cmd=sleep%20600",
         AccelKind::Soft,
     );
     let handle = engine::start(&cfg).expect("start");
-    let mut pressed = false;
-    let b = drive(handle, |text, h| {
-        if !pressed && text.contains("VIREO-CMD-BEGIN") {
-            pressed = true;
-            h.send(engine::Command::PowerButton);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let sock = dir.join(format!("powerdown-{}.sock", std::process::id()));
+    let addr: vireo_emulator::qmp::QmpAddress =
+        format!("unix:{}", sock.display()).parse().expect("address");
+    let backend = std::sync::Arc::new(vireo_emulator::qmp_engine::EngineQmp::new(handle.clone()));
+    let mut server = vireo_emulator::qmp::QmpServer::bind(&addr, backend).expect("bind");
+    let mut started = false;
+    let b = drive(handle, |text, _| {
+        if !started && text.contains("VIREO-CMD-BEGIN") {
+            started = true;
+            // acpid opens the input devices some time after it starts:
+            // ask until the machine goes away, as a user would.
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                let Ok(s) = std::os::unix::net::UnixStream::connect(&sock) else {
+                    return;
+                };
+                let mut r = BufReader::new(s.try_clone().expect("clone"));
+                let mut w = s;
+                let mut line = String::new();
+                let _ = r.read_line(&mut line); // greeting
+                let _ = writeln!(w, r#"{{"execute":"qmp_capabilities"}}"#);
+                loop {
+                    std::thread::sleep(Duration::from_secs(2));
+                    if writeln!(w, r#"{{"execute":"system_powerdown"}}"#).is_err() {
+                        break;
+                    }
+                }
+            });
         }
     });
+    server.shutdown();
     assert!(b.serial.contains("VIREO-ACPID-OK"), "{}", b.serial);
     assert!(b.serial.contains("VIREO-POWER-BUTTON"), "{}", b.serial);
-    assert_eq!(b.stop, Some(StopReason::PowerOff), "{}", b.serial);
+    assert_eq!(b.stop, Some(StopReason::GuestPowerOff), "{}", b.serial);
 }
 
 /// Runs a program; panics with its output if it fails.
@@ -337,7 +369,11 @@ fn syslinux_disk(dir: &std::path::Path, append: &str) -> PathBuf {
         format!("DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL bzImage\n  APPEND initrd=initrd.gz {append}\n"),
     )
     .expect("cfg");
-    for (src, name) in [(&kernel, "bzImage"), (&initrd, "initrd.gz"), (&cfg, "syslinux.cfg")] {
+    for (src, name) in [
+        (&kernel, "bzImage"),
+        (&initrd, "initrd.gz"),
+        (&cfg, "syslinux.cfg"),
+    ] {
         run(Command::new("mcopy")
             .arg("-i")
             .arg(&disk)
@@ -353,7 +389,8 @@ fn syslinux_disk(dir: &std::path::Path, append: &str) -> PathBuf {
 /// reads a file from an ISO made with xorriso.
 #[test]
 fn linux_boots_from_an_ata_disk_through_seabios_and_reads_the_cd() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ata-boot-{}", std::process::id()));
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ata-boot-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("iso")).expect("dir");
     std::fs::write(dir.join("iso/hello.txt"), "Hello from the CD-ROM\n").expect("file");
     let iso = dir.join("data.iso");
@@ -362,7 +399,10 @@ fn linux_boots_from_an_ata_disk_through_seabios_and_reads_the_cd() {
         .arg(&iso)
         .arg(dir.join("iso")));
     let cmd = "ls%20-l%20/dev/sr0%3Bmount%20-t%20iso9660%20-o%20ro%20/dev/sr0%20/tmp%26%26cat%20/tmp/hello.txt%3Bpoweroff%20-f";
-    let disk = syslinux_disk(&dir, &format!("console=ttyS0 quiet vireo.modules=1 vireo.cmd={cmd}"));
+    let disk = syslinux_disk(
+        &dir,
+        &format!("console=ttyS0 quiet vireo.modules=1 vireo.cmd={cmd}"),
+    );
     let cfg = MachineConfig {
         memory: 512 << 20,
         accel: AccelKind::Soft,
@@ -381,6 +421,10 @@ fn linux_boots_from_an_ata_disk_through_seabios_and_reads_the_cd() {
     assert!(b.serial.contains("VIREO-MODULES-OK"), "{}", b.serial);
     let out = b.command_output();
     assert!(out.contains("/dev/sr0"), "no /dev/sr0:\n{}", b.serial);
-    assert!(out.contains("Hello from the CD-ROM"), "the file was not read:\n{}", b.serial);
-    assert_eq!(b.stop, Some(StopReason::PowerOff), "{}", b.serial);
+    assert!(
+        out.contains("Hello from the CD-ROM"),
+        "the file was not read:\n{}",
+        b.serial
+    );
+    assert_eq!(b.stop, Some(StopReason::GuestPowerOff), "{}", b.serial);
 }
