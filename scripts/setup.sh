@@ -10,8 +10,9 @@ pkgs=(build-essential pkg-config binutils ca-certificates curl seabios)
 if [ "${1:-}" = "--test" ]; then
   # dpkg-dev/apt for fixture downloads (apt-get download + dpkg-deb -x);
   # xorriso and isolinux to build the CD images the tests boot, syslinux,
-  # mtools and dosfstools to build a bootable FAT disk image.
-  pkgs+=(dpkg-dev xz-utils xorriso isolinux syslinux mtools dosfstools)
+  # mtools and dosfstools to build a bootable FAT disk image; acpica-tools
+  # (iasl) to check the ACPI tables; socat as a QMP client.
+  pkgs+=(dpkg-dev xz-utils xorriso isolinux syslinux mtools dosfstools acpica-tools socat)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -217,9 +217,18 @@ fn grub_run(kind: &str, args: &Args, vga: &Font) -> Result<f64, String> {
 fn installer_run(kind: &str, args: &Args, uni: &Font) -> Result<(f64, f64), String> {
     let mut vm = Vm::launch(kind, args, &args.di, "di")?;
     let deadline = Instant::now() + Duration::from_secs(900);
+    // The BIOS's text screen first (QEMU starts at 640x480 before any
+    // mode is set), then the menu's 640x480 picture.
+    let mut text_seen = false;
     let menu = loop {
-        let (w, h, _) = vm.screen()?;
-        if (w, h) == (640, 480) {
+        let (w, h, rgba) = vm.screen()?;
+        text_seen |= (w, h) == (720, 400);
+        let colors = rgba
+            .chunks_exact(4)
+            .step_by(7)
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        if text_seen && (w, h) == (640, 480) && colors > 16 {
             break vm.elapsed();
         }
         if Instant::now() > deadline {
@@ -230,8 +239,14 @@ fn installer_run(kind: &str, args: &Args, uni: &Font) -> Result<(f64, f64), Stri
     // The menu draws its picture and entries, then waits for a key.
     std::thread::sleep(Duration::from_millis(1500));
     vm.execute(r#"{"execute":"send-key","arguments":{"keys":[{"type":"qcode","data":"ret"}]}}"#)?;
+    let trace = std::env::var_os("ISO_BOOT_TRACE").is_some();
+    let mut last = (0, 0);
     while Instant::now() < deadline {
         let (w, h, rgba) = vm.screen()?;
+        if trace && (w, h) != last {
+            last = (w, h);
+            eprintln!("{kind}: {:.2} s: {w}x{h}", vm.elapsed());
+        }
         if uni
             .read(&rgba, w, h)
             .iter()

@@ -72,7 +72,10 @@ impl Cpu {
         if v & cr0::PE == 0 {
             self.cpl = 0;
         }
-        if (old ^ v) & (cr0::PG | cr0::WP | cr0::PE) != 0 {
+        // Translations change with PG and WP only: PE alone (real-mode
+        // switches, which BIOS callers make for every service) keeps
+        // linear = physical, and PG cannot be on without PE.
+        if (old ^ v) & (cr0::PG | cr0::WP) != 0 {
             self.flush_tlb(false);
         }
         self.stop_block = true;
