@@ -516,6 +516,10 @@ fn choose_accels(
                 Err(format!(
                     "--smp {n}: more than one vCPU runs on the software CPU only for now"
                 ))
+            } else if machine.has_firmware() {
+                Err("firmware boot runs on the software CPU only for now \
+                     (the BIOS ROM is not mapped into KVM yet)"
+                    .to_string())
             } else {
                 crate::kvm_accel::create(machine, allow_paravirtual && kind == AccelKind::Kvm)
             };

@@ -173,6 +173,9 @@ pub(crate) struct CodeCache {
     /// Direct-mapped front of `map`.
     fast: Vec<Option<(Key, Arc<Block>)>>,
     pages: FastMap<u64, Vec<Key>>,
+    /// Which bytes of each page the cached blocks were decoded from (one bit
+    /// a byte): a write next to code, not over it, keeps the blocks.
+    code_bytes: FastMap<u64, Box<[u64; 64]>>,
     /// Blocks dropped from the cache while one may still be executing; freed
     /// between blocks (so the loop can run a block without owning a
     /// reference count).
@@ -293,8 +296,34 @@ impl CodeCache {
             map: FastMap::default(),
             fast: vec![None; FAST_SLOTS],
             pages: FastMap::default(),
+            code_bytes: FastMap::default(),
             graveyard: Vec::new(),
         }
+    }
+
+    /// Records that a cached block was decoded from `len` bytes at `phys`
+    /// (within one page).
+    fn note_code_bytes(&mut self, phys: u64, len: u64) {
+        let bits = self
+            .code_bytes
+            .entry(phys & !0xfff)
+            .or_insert_with(|| Box::new([0; 64]));
+        let start = (phys & 0xfff) as usize;
+        let end = (start + len as usize).min(0x1000);
+        for b in start..end {
+            bits[b / 64] |= 1 << (b % 64);
+        }
+    }
+
+    /// True if any of `len` bytes at `phys` (within one page) holds code a
+    /// cached block was decoded from; true when unknown.
+    pub(crate) fn overlaps_code(&self, phys: u64, len: u64) -> bool {
+        let Some(bits) = self.code_bytes.get(&(phys & !0xfff)) else {
+            return true;
+        };
+        let start = (phys & 0xfff) as usize;
+        let end = (start + len.max(1) as usize).min(0x1000);
+        (start..end).any(|b| bits[b / 64] & (1 << (b % 64)) != 0)
     }
 
     #[inline(always)]
@@ -320,10 +349,12 @@ impl CodeCache {
         self.fast.fill(None);
         self.graveyard.extend(self.map.drain().map(|(_, b)| b));
         self.pages.clear();
+        self.code_bytes.clear();
     }
 
     /// Drops every block decoded from `page`.
     pub(crate) fn invalidate_page(&mut self, page: u64) {
+        self.code_bytes.remove(&page);
         if let Some(keys) = self.pages.remove(&page) {
             self.jmp_clear();
             for k in keys {
@@ -575,6 +606,7 @@ impl Cpu {
             None
         };
         let mut insns = Vec::new();
+        let mut nbytes = 0u64;
         if let Some(host) = host {
             // SAFETY: `ptr` checked that `avail` bytes from `phys` lie in RAM.
             let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, avail as usize) };
@@ -586,11 +618,15 @@ impl Cpu {
                     break;
                 }
                 let ends = !matches!(ins.flow_control(), iced_x86::FlowControl::Next);
+                nbytes += ins.len() as u64;
                 insns.push(make_insn(ins, bitness, self.smp));
                 if ends {
                     break;
                 }
             }
+        }
+        if !insns.is_empty() {
+            self.cache.note_code_bytes(phys, nbytes);
         }
         if insns.is_empty() {
             // Crosses a page boundary, or runs from a device: decode once,

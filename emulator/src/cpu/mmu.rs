@@ -43,7 +43,17 @@ const EMPTY: TlbEntry = TlbEntry {
 /// The software TLB: one direct-mapped table per (access kind, user/supervisor).
 pub(crate) struct Tlb {
     e: Box<[[TlbEntry; TLB_SIZE]; 6]>,
+    /// Entries filled since the last full flush (table × TLB_SIZE + index),
+    /// so flushes visit those instead of all six tables: an OS switching
+    /// address spaces flushes far more often than it fills the TLB.
+    used: Vec<u16>,
+    /// `used` overflowed (entries refilled many times between flushes):
+    /// the next flush visits every entry.
+    overflow: bool,
 }
+
+/// Most fills `Tlb::used` records before flushes fall back to full scans.
+const USED_MAX: usize = 2 * 6 * TLB_SIZE;
 
 /// Where translated code finds things in the TLB: the offset of the tag and
 /// addend in an entry, an entry's size, and the distance between the tables
@@ -60,7 +70,23 @@ impl Tlb {
     pub(crate) fn new() -> Self {
         Tlb {
             e: Box::new([[EMPTY; TLB_SIZE]; 6]),
+            used: Vec::with_capacity(USED_MAX),
+            overflow: false,
         }
+    }
+
+    /// Fills entry `idx` of table `slot`.
+    #[inline]
+    fn fill(&mut self, slot: usize, idx: usize, entry: TlbEntry) {
+        let e = &mut self.e[slot][idx];
+        if e.tag == INVALID {
+            if self.used.len() < USED_MAX {
+                self.used.push((slot * TLB_SIZE + idx) as u16);
+            } else {
+                self.overflow = true;
+            }
+        }
+        *e = entry;
     }
 
     /// Address of the table for `acc` and privilege (the write table
@@ -69,22 +95,59 @@ impl Tlb {
         self.e[slot(acc, user)].as_ptr() as usize
     }
 
+    fn entry_mut(&mut self, u: u16) -> &mut TlbEntry {
+        let u = u as usize;
+        &mut self.e[u / TLB_SIZE][u % TLB_SIZE]
+    }
+
     /// Drops every entry.
     pub(crate) fn flush_all(&mut self) {
-        for t in self.e.iter_mut() {
-            t.fill(EMPTY);
+        if self.overflow {
+            for t in self.e.iter_mut() {
+                t.fill(EMPTY);
+            }
+            self.overflow = false;
+        } else {
+            let used = std::mem::take(&mut self.used);
+            for &u in &used {
+                *self.entry_mut(u) = EMPTY;
+            }
+            self.used = used;
         }
+        self.used.clear();
     }
 
     /// Drops non-global entries (a CR3 write with CR4.PGE set).
     pub(crate) fn flush_nonglobal(&mut self) {
-        for t in self.e.iter_mut() {
-            for e in t.iter_mut() {
-                if !e.global {
-                    *e = EMPTY;
+        if self.overflow {
+            self.used.clear();
+            self.overflow = false;
+            for (ti, t) in self.e.iter_mut().enumerate() {
+                for (i, e) in t.iter_mut().enumerate() {
+                    if !e.global {
+                        *e = EMPTY;
+                    } else if e.tag != INVALID {
+                        self.used.push((ti * TLB_SIZE + i) as u16);
+                    }
                 }
             }
+            return;
         }
+        let mut used = std::mem::take(&mut self.used);
+        used.retain(|&u| {
+            let e = self.entry_mut(u);
+            if e.tag == INVALID {
+                return false;
+            }
+            if !e.global {
+                *e = EMPTY;
+                return false;
+            }
+            true
+        });
+        // A global entry listed twice (refilled after an INVLPG) stays
+        // listed twice: harmless, and bounded by USED_MAX.
+        self.used = used;
     }
 
     /// Drops the entries for one linear page (INVLPG).
@@ -112,17 +175,30 @@ impl Tlb {
     /// Puts back what [`Tlb::take_page`] removed.
     pub(crate) fn restore_page(&mut self, lin: u64, saved: [TlbEntry; 4]) {
         let idx = ((lin >> 12) as usize) & (TLB_SIZE - 1);
-        for (s, t) in saved.into_iter().zip(self.e[..4].iter_mut()) {
+        for (slot, s) in saved.into_iter().enumerate() {
             if s.tag != INVALID {
-                t[idx] = s;
+                self.fill(slot, idx, s);
             }
         }
     }
 
     /// Drops write entries that map physical page `phys` (it now holds code).
     pub(crate) fn flush_phys_writes(&mut self, phys: u64) {
-        for t in self.e[2..4].iter_mut() {
-            for e in t.iter_mut() {
+        if self.overflow {
+            for t in self.e[2..4].iter_mut() {
+                for e in t.iter_mut() {
+                    if e.tag != INVALID && e.phys == phys {
+                        *e = EMPTY;
+                    }
+                }
+            }
+            return;
+        }
+        let writes = 2 * TLB_SIZE..4 * TLB_SIZE;
+        for i in 0..self.used.len() {
+            let u = self.used[i];
+            if writes.contains(&(u as usize)) {
+                let e = self.entry_mut(u);
                 if e.tag != INVALID && e.phys == phys {
                     *e = EMPTY;
                 }
@@ -371,12 +447,16 @@ impl Cpu {
         if cacheable {
             if let Some(host) = self.space.ram.ptr(page, 0x1000) {
                 let idx = ((lin >> 12) as usize) & (TLB_SIZE - 1);
-                self.tlb.e[slot(acc, user)][idx] = TlbEntry {
-                    tag: lin & !0xfff,
-                    addend: (host as u64).wrapping_sub(lin & !0xfff),
-                    phys: page,
-                    global,
-                };
+                self.tlb.fill(
+                    slot(acc, user),
+                    idx,
+                    TlbEntry {
+                        tag: lin & !0xfff,
+                        addend: (host as u64).wrapping_sub(lin & !0xfff),
+                        phys: page,
+                        global,
+                    },
+                );
             }
         }
         Ok(phys)
@@ -491,15 +571,15 @@ impl Cpu {
         let first = 0x1000 - (lin & 0xfff);
         if (size as u64) <= first {
             let pa = self.translate(lin, Access::Write, user)?;
-            self.note_code_write(pa);
+            self.note_code_write(pa, size as u64);
             self.space.write_phys(pa, size as usize, v);
             return Ok(());
         }
         let pa0 = self.translate(lin, Access::Write, user)?;
         let lin1 = lin.wrapping_add(first);
         let pa1 = self.translate(self.wrap_lin(lin1), Access::Write, user)?;
-        self.note_code_write(pa0);
-        self.note_code_write(pa1);
+        self.note_code_write(pa0, first);
+        self.note_code_write(pa1, size as u64 - first);
         for i in 0..size as u64 {
             let pa = if i < first {
                 pa0 + i
@@ -511,11 +591,14 @@ impl Cpu {
         Ok(())
     }
 
-    /// Invalidates cached code on the page of `pa` if it holds any.
+    /// Invalidates cached code on the page of `pa` if the `len` bytes
+    /// written there (within the page) overlap code. With one vCPU, a write
+    /// next to code (data sharing its page) keeps the blocks; with several,
+    /// another vCPU may have decoded those bytes, so the page is dropped.
     #[inline]
-    pub(crate) fn note_code_write(&mut self, pa: u64) {
+    pub(crate) fn note_code_write(&mut self, pa: u64, len: u64) {
         let page = pa & !0xfff;
-        if self.code.is_code_page(page) {
+        if self.code.is_code_page(page) && (self.smp || self.cache.overlaps_code(pa, len)) {
             self.invalidate_code_page(page);
             self.stop_block = true;
         }

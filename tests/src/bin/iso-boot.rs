@@ -281,7 +281,12 @@ fn main() {
         std::process::exit(2)
     });
     let mut summary = Vec::new();
-    for kind in ["vireo", "qemu"] {
+    let kinds: Vec<String> = std::env::var("ISO_BOOT_KINDS")
+        .unwrap_or_else(|_| "vireo qemu".into())
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    for kind in kinds.iter().map(String::as_str) {
         let mut grub = Vec::new();
         let mut di = Vec::new();
         for run in 0..args.runs {

@@ -19,7 +19,7 @@
 
 use super::exec::Insn;
 use super::flags::{FlagOp, Flags};
-use super::mmu::{layout as tlb, Tlb};
+use super::mmu::layout as tlb;
 use super::ops_basic::{CMOVCC, JCC, SETCC};
 use super::{Cpu, Exc, Segment, FS};
 use cranelift_codegen::ir::condcodes::CondCode;
@@ -365,7 +365,6 @@ fn seg_base(s: usize) -> i32 {
     (offset_of!(Cpu, seg) + s * std::mem::size_of::<Segment>() + offset_of!(Segment, base)) as i32
 }
 
-const _: () = assert!(std::mem::size_of::<Tlb>() == std::mem::size_of::<usize>());
 const _: () = assert!(
     offset_of!(super::exec::JmpEntry, code) == 8 && offset_of!(super::exec::JmpEntry, gen) == 16
 );
