@@ -744,4 +744,464 @@ mod tests {
         assert_eq!(cpu.run(100), CpuExit::Halted);
         assert_eq!(cpu.gpr[0] & 0xff, 2);
     }
+
+    /// The legacy port ranges of the machine (base, length).
+    const SPRAY_PORTS: &[(u64, u64)] = &[
+        (0x20, 2),
+        (0xa0, 2),
+        (0x4d0, 2),
+        (0x40, 4),
+        (0x61, 1),
+        (0x70, 2),
+        (0x60, 1),
+        (0x64, 1),
+        (0x3f8, 8),
+        (0x510, 12),
+        (0xcf8, 8),
+        (0x92, 1),
+        (0xf4, 1),
+        (0x80, 1),
+        (0x402, 1),
+        (0x3b0, 0x30),
+        (0x1ce, 2),
+        (0x1f0, 8),
+        (0x3f6, 1),
+        (0x170, 8),
+        (0x376, 1),
+        (0xb2, 2),
+        (0xafe0, 4),
+    ];
+
+    /// A read or write of a random size (1, 2, 4) with a random value at
+    /// a random port of `base..base + len`.
+    fn spray_port(m: &Machine, rng: &mut impl rand::Rng, base: u64, len: u64) {
+        let port = (base + rng.gen_range(0..len)) & 0xffff;
+        let size = [1usize, 2, 4][rng.gen_range(0..3)];
+        if rng.gen_bool(0.5) {
+            m.space.pio.write_value(port, size, rng.gen());
+        } else {
+            m.space.pio.read_value(port, size);
+        }
+    }
+
+    /// A read or write of a random size (1, 2, 4, 8) with a random value
+    /// at a random physical address of `base..base + len`.
+    fn spray_phys(m: &Machine, rng: &mut impl rand::Rng, base: u64, len: u64) {
+        let addr = base.wrapping_add(rng.gen_range(0..len));
+        let size = [1usize, 2, 4, 8][rng.gen_range(0..4)];
+        if rng.gen_bool(0.5) {
+            m.space.write_phys(addr, size, rng.gen());
+        } else {
+            m.space.read_phys(addr, size);
+        }
+    }
+
+    fn cfg_addr(dev: u32, func: u32, reg: u32) -> u32 {
+        0x8000_0000 | dev << 11 | func << 8 | (reg & 0xfc)
+    }
+
+    fn cfg_read32(m: &Machine, dev: u32, func: u32, reg: u32) -> u32 {
+        m.space
+            .pio
+            .write_value(0xcf8, 4, cfg_addr(dev, func, reg) as u64);
+        m.space.pio.read_value(0xcfc, 4) as u32
+    }
+
+    fn cfg_write(m: &Machine, dev: u32, func: u32, reg: u32, size: usize, v: u64) {
+        m.space
+            .pio
+            .write_value(0xcf8, 4, cfg_addr(dev, func, reg) as u64);
+        m.space.pio.write_value(0xcfc + (reg as u64 & 3), size, v);
+    }
+
+    /// Renders the VGA and checks the surface stays within the largest
+    /// mode a guest can set.
+    fn render_checked(m: &Machine) {
+        m.refresh_display();
+        let s = m.surface.read().unwrap_or_else(|e| e.into_inner());
+        let (w, h) = (s.width(), s.height());
+        assert!(
+            w <= vga::VBE_MAX_XRES as u32 && h <= vga::VBE_MAX_YRES as u32,
+            "the surface grew to {w}x{h}"
+        );
+        assert_eq!(s.pixels().len(), (w * h * 4) as usize);
+    }
+
+    /// Where the functions' BARs (and expansion ROMs) decode now:
+    /// (is I/O, base).
+    fn bar_bases(m: &Machine) -> Vec<(bool, u64)> {
+        let mut v = Vec::new();
+        for dev in 0..32 {
+            for func in 0..8 {
+                if cfg_read32(m, dev, func, 0) == 0xffff_ffff {
+                    continue;
+                }
+                for reg in (0x10..=0x24).step_by(4).chain([0x30]) {
+                    let b = cfg_read32(m, dev, func, reg);
+                    if reg != 0x30 && b & 1 != 0 {
+                        v.push((true, (b & !3 & 0xffff) as u64));
+                    } else {
+                        v.push((false, (b & !0xf) as u64));
+                    }
+                }
+            }
+        }
+        // The PM window (PMBA, 00:01.3 register 0x40).
+        v.push((true, (cfg_read32(m, 1, 3, 0x40) & 0xffc0) as u64));
+        v
+    }
+
+    /// Issues an ATA or ATAPI command meant for DMA on `channel` with
+    /// random parameters, points the bus master at a random PRD table and
+    /// starts it.
+    fn random_dma(m: &Machine, rng: &mut impl rand::Rng, bm: u64, channel: usize) {
+        let ram_top = m.space.ram.below_4g();
+        let cmd_base = [0x1f0u64, 0x170][channel];
+        let bm = bm + 8 * channel as u64;
+        // A PRD table at a random place in RAM (sometimes outside it).
+        let table = if rng.gen_bool(0.9) {
+            rng.gen_range(0..ram_top - 0x1_0000) as u32 & !3
+        } else {
+            rng.gen::<u32>() & !3
+        };
+        let entries = rng.gen_range(1..64);
+        for i in 0..entries {
+            let addr: u32 = if rng.gen_bool(0.8) {
+                rng.gen_range(0..ram_top as u32)
+            } else {
+                rng.gen()
+            };
+            let count: u16 = rng.gen();
+            let eot = if i == entries - 1 || rng.gen_bool(0.05) {
+                0x80u8
+            } else {
+                rng.gen::<u8>() & 0x7f
+            };
+            let mut e = addr.to_le_bytes().to_vec();
+            e.extend_from_slice(&count.to_le_bytes());
+            e.extend_from_slice(&[rng.gen(), eot]);
+            m.space.ram.write_bytes(table as u64 + 8 * i as u64, &e);
+        }
+        m.space.pio.write_value(bm, 1, 0); // stop
+        m.space.pio.write_value(bm + 2, 1, 0x06); // clear ERR/INTR
+        m.space.pio.write_value(bm + 4, 4, table as u64);
+        let slot = rng.gen_range(0..2u8);
+        m.space
+            .pio
+            .write_value(cmd_base + 6, 1, 0xe0 | (slot as u64) << 4);
+        let cmd =
+            [0xc8u8, 0xca, 0x25, 0x35, 0xa0, 0xa0, 0xc9, 0xcb, rng.gen()][rng.gen_range(0..9)];
+        if cmd == 0xa0 {
+            // PACKET with DMA, then a CDB (mostly READ(10)/READ(12)).
+            m.space.pio.write_value(cmd_base + 1, 1, 1);
+            m.space.pio.write_value(cmd_base + 4, 1, rng.gen());
+            m.space.pio.write_value(cmd_base + 5, 1, rng.gen());
+            m.space.pio.write_value(cmd_base + 7, 1, 0xa0);
+            let mut cdb: [u8; 12] = rng.gen();
+            cdb[0] = [0x28, 0xa8, 0x28, 0xbe, cdb[0]][rng.gen_range(0..5)];
+            if rng.gen_bool(0.5) {
+                // A small transfer near the start of the medium.
+                cdb[2..6].copy_from_slice(&rng.gen_range(0..300u32).to_be_bytes());
+                cdb[6..10].copy_from_slice(&[0, 0, 0, rng.gen_range(0..40)]);
+            }
+            for w in cdb.chunks(2) {
+                m.space
+                    .pio
+                    .write_value(cmd_base, 2, u16::from_le_bytes([w[0], w[1]]) as u64);
+            }
+        } else {
+            let ext = matches!(cmd, 0x25 | 0x35);
+            for _ in 0..if ext { 2 } else { 1 } {
+                m.space.pio.write_value(cmd_base + 2, 1, rng.gen());
+                let lba: u32 = if rng.gen_bool(0.7) {
+                    rng.gen_range(0..3000)
+                } else {
+                    rng.gen()
+                };
+                m.space.pio.write_value(cmd_base + 3, 1, lba as u64 & 0xff);
+                m.space
+                    .pio
+                    .write_value(cmd_base + 4, 1, (lba >> 8) as u64 & 0xff);
+                m.space
+                    .pio
+                    .write_value(cmd_base + 5, 1, (lba >> 16) as u64 & 0xff);
+            }
+            m.space.pio.write_value(cmd_base + 7, 1, cmd as u64);
+        }
+        // Start, in a random direction (sometimes the wrong one).
+        let dir = if rng.gen_bool(0.5) { 0x08 } else { 0 };
+        m.space.pio.write_value(bm, 1, dir | 1);
+        m.space.pio.read_value(bm + 2, 1);
+        m.space.pio.read_value(cmd_base + 7, 1);
+        m.space.pio.write_value(bm, 1, dir);
+    }
+
+    /// A guest spraying random I/O at every device never panics: random
+    /// port reads and writes of every size over every device's ports,
+    /// random PCI configuration writes (BARs moved to random places),
+    /// random MMIO over the VGA window, the APICs, the PCI hole and the
+    /// BARs, random VGA/VBE modes rendered, fw_cfg and IDE bus-master DMA
+    /// from random descriptors. The surface stays within 2560x1600, and
+    /// afterwards RAM, fw_cfg and PCI still answer.
+    #[test]
+    fn a_guest_spraying_random_io_at_every_device_never_panics() {
+        use rand::{Rng, SeedableRng};
+        use vireo_devices::block::MemBackend;
+        use vireo_devices::ide::Drive;
+
+        let mut vgabios = vec![0u8; 0x8000];
+        vgabios[..3].copy_from_slice(&[0x55, 0xaa, 0x40]);
+        let fw = Firmware {
+            bios_path: "spray-bios.bin".into(),
+            bios: vec![0; 0x1_0000],
+            vgabios: Some(vgabios),
+        };
+        let m = Machine::with_firmware(64 << 20, 2, Some(&fw)).expect("machine");
+        // SPRAY_SEED=N tries another sequence.
+        let seed = std::env::var("SPRAY_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0x5eed_f1e5u64);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        {
+            let mut ide = lock(&m.ide);
+            let disk: Vec<u8> = (0..1 << 20).map(|_| rng.gen()).collect();
+            ide.attach(0, 0, Drive::disk(Box::new(MemBackend(disk))));
+            ide.attach(0, 1, Drive::disk(Box::new(MemBackend(vec![0x5a; 4096]))));
+            let cd: Vec<u8> = (0..256 * 2048).map(|i| (i / 2048) as u8).collect();
+            ide.attach(1, 0, Drive::cdrom(Some(Box::new(MemBackend(cd)))));
+            ide.attach(1, 1, Drive::cdrom(None));
+        }
+        let ram_top = m.space.ram.below_4g();
+        let tick = |m: &Machine, i: usize| {
+            if i.is_multiple_of(512) {
+                m.poll_timers();
+            }
+            if i.is_multiple_of(4096) {
+                render_checked(m);
+            }
+        };
+
+        // 1. Every device's ports, then anywhere in the I/O space.
+        let mut i = 0;
+        for &(base, len) in SPRAY_PORTS {
+            for _ in 0..30_000 {
+                spray_port(&m, &mut rng, base, len);
+                tick(&m, i);
+                i += 1;
+            }
+        }
+        for _ in 0..50_000 {
+            spray_port(&m, &mut rng, 0, 0x1_0000);
+            tick(&m, i);
+            i += 1;
+        }
+
+        // 2. PCI configuration space of every device/function: random
+        // writes everywhere, then the BARs and command registers, with the
+        // windows they decode sprayed after each round.
+        for round in 0..40u32 {
+            for dev in 0..32 {
+                for func in 0..8 {
+                    for _ in 0..8 {
+                        let reg = rng.gen_range(0..0x100u32);
+                        let size = [1usize, 2, 4][rng.gen_range(0..3)];
+                        cfg_write(&m, dev, func, reg, size, rng.gen());
+                    }
+                }
+            }
+            for (dev, func) in [(0, 0), (1, 0), (1, 1), (1, 3), (2, 0)] {
+                for reg in (0x10..=0x24).step_by(4).chain([0x30]) {
+                    let v: u32 = match rng.gen_range(0..4) {
+                        0 => rng.gen(),
+                        1 => 0xffff_ffff,
+                        2 => rng.gen_range(0xe000_0000..=0xffff_ffffu32),
+                        _ => rng.gen_range(0x1000..0x1_0000u32) | 1,
+                    };
+                    cfg_write(&m, dev, func, reg, 4, v as u64);
+                }
+                cfg_write(&m, dev, func, 4, 2, 0x7);
+            }
+            // The PM window on, at a random place.
+            cfg_write(&m, 1, 3, 0x40, 4, rng.gen_range(0..0x1_0000u64) | 1);
+            cfg_write(&m, 1, 3, 0x80, 1, 1);
+            for (io, base) in bar_bases(&m) {
+                if base == 0 {
+                    continue;
+                }
+                for _ in 0..200 {
+                    if io {
+                        spray_port(&m, &mut rng, base, 0x40);
+                    } else {
+                        spray_phys(&m, &mut rng, base, 0x1_0000);
+                    }
+                    tick(&m, i);
+                    i += 1;
+                }
+            }
+            if round.is_multiple_of(8) {
+                render_checked(&m);
+            }
+        }
+
+        // 3. MMIO: the VGA window (in random VGA modes), the APICs, the
+        // PCI hole, the BIOS ROM, and a few absurd addresses.
+        for _ in 0..60_000 {
+            let (base, len) = match rng.gen_range(0..10) {
+                0..=3 => (vga::VGA_WINDOW_BASE, vga::VGA_WINDOW_LEN),
+                4 => (vireo_devices::lapic::APIC_DEFAULT_BASE, 0x1000),
+                5 => (vireo_devices::ioapic::IOAPIC_DEFAULT_BASE, 0x1000),
+                6 | 7 => (0xe000_0000, 0x2000_0000),
+                8 => (ram_top - 16, 32),
+                _ => (rng.gen(), 1),
+            };
+            spray_phys(&m, &mut rng, base, len);
+            if rng.gen_bool(0.01) {
+                spray_port(&m, &mut rng, 0x3c0, 0x20);
+            }
+            tick(&m, i);
+            i += 1;
+        }
+
+        // 4. VGA and VBE registers as index/data pairs, rendered often.
+        // Huge VBE resolutions are refused; the largest mode, with virtual
+        // size and offsets pushed out, is as far as the surface grows.
+        let dispi = |index: u16, v: u16| {
+            m.space.pio.write_value(0x1ce, 2, index as u64);
+            m.space.pio.write_value(0x1cf, 2, v as u64);
+        };
+        dispi(vga::dispi::ENABLE, 0);
+        dispi(vga::dispi::XRES, 0xffff);
+        dispi(vga::dispi::YRES, 0xffff);
+        m.space.pio.write_value(0x1ce, 2, vga::dispi::XRES as u64);
+        assert!(m.space.pio.read_value(0x1cf, 2) <= vga::VBE_MAX_XRES as u64);
+        m.space.pio.write_value(0x1ce, 2, vga::dispi::YRES as u64);
+        assert!(m.space.pio.read_value(0x1cf, 2) <= vga::VBE_MAX_YRES as u64);
+        dispi(vga::dispi::XRES, vga::VBE_MAX_XRES);
+        dispi(vga::dispi::YRES, vga::VBE_MAX_YRES);
+        dispi(vga::dispi::BPP, 32);
+        dispi(vga::dispi::ENABLE, 0xc1);
+        for index in vga::dispi::VIRT_WIDTH..=vga::dispi::Y_OFFSET {
+            dispi(index, 0xffff);
+        }
+        render_checked(&m);
+        {
+            let s = m.surface.read().expect("surface");
+            assert_eq!(
+                (s.width(), s.height()),
+                (vga::VBE_MAX_XRES as u32, vga::VBE_MAX_YRES as u32)
+            );
+        }
+        for n in 0..20_000u32 {
+            match rng.gen_range(0..6) {
+                0 => {
+                    m.space.pio.write_value(0x1ce, 2, rng.gen_range(0..12));
+                    let v: u16 = match rng.gen_range(0..3) {
+                        0 => rng.gen(),
+                        1 => [0xffff, 0, 1, 2560, 2561, 1600, 4096][rng.gen_range(0..7)],
+                        _ => [8, 15, 16, 24, 32, 0x41, 0xc1, 0x61][rng.gen_range(0..8)],
+                    };
+                    m.space.pio.write_value(0x1cf, 2, v as u64);
+                }
+                1 => {
+                    m.space.pio.write_value(0x3c4, 1, rng.gen_range(0..8));
+                    m.space.pio.write_value(0x3c5, 1, rng.gen());
+                }
+                2 => {
+                    m.space.pio.write_value(0x3ce, 1, rng.gen_range(0..10));
+                    m.space.pio.write_value(0x3cf, 1, rng.gen());
+                }
+                3 => {
+                    m.space.pio.write_value(0x3d4, 1, rng.gen_range(0..0x20));
+                    m.space.pio.write_value(0x3d5, 1, rng.gen());
+                }
+                4 => {
+                    m.space.pio.read_value(0x3da, 1);
+                    m.space.pio.write_value(0x3c0, 1, rng.gen_range(0..0x40));
+                    m.space.pio.write_value(0x3c0, 1, rng.gen());
+                }
+                _ => spray_phys(&m, &mut rng, 0xa0000, 0x20000),
+            }
+            if n.is_multiple_of(64) {
+                render_checked(&m);
+            }
+        }
+
+        // 5. DMA: fw_cfg descriptors and IDE bus-master transfers from
+        // random tables, with the BMDMA window at a known place.
+        for _ in 0..300 {
+            let at = rng.gen_range(0..ram_top - 16) & !0xf;
+            let control: u32 = (rng.gen::<u32>() & 0xffff_001f) | (rng.gen_range(0..0x40) << 16);
+            let len: u32 = if rng.gen_bool(0.9) {
+                rng.gen_range(0..0x2_0000)
+            } else {
+                rng.gen()
+            };
+            let dst = if rng.gen_bool(0.9) {
+                rng.gen_range(0..ram_top)
+            } else {
+                rng.gen()
+            };
+            let mut d = control.to_be_bytes().to_vec();
+            d.extend_from_slice(&len.to_be_bytes());
+            d.extend_from_slice(&dst.to_be_bytes());
+            m.space.ram.write_bytes(at, &d);
+            m.space.pio.write_value(0x514, 4, 0);
+            m.space
+                .pio
+                .write_value(0x518, 4, (at as u32).swap_bytes() as u64);
+        }
+        cfg_write(&m, 1, 1, 0x20, 4, 0xc001);
+        cfg_write(&m, 1, 1, 4, 2, 0x5);
+        for n in 0..3000 {
+            random_dma(&m, &mut rng, 0xc000, n % 2);
+            if n.is_multiple_of(16) {
+                // Random register traffic between transfers too.
+                for _ in 0..16 {
+                    let (base, len) =
+                        [(0x1f0, 8), (0x170, 8), (0xc000, 16), (0x3f6, 1)][rng.gen_range(0..4)];
+                    spray_port(&m, &mut rng, base, len);
+                }
+                m.poll_timers();
+            }
+        }
+
+        // Debug-exit, the reset register and the rest only set flags.
+        m.poll_timers();
+        render_checked(&m);
+        assert!(m.control.exit_status().is_some(), "debug-exit never fired");
+        assert!(m.control.take_reset(), "no reset was requested");
+        m.control.take_poweroff();
+        m.take_serial_output();
+        assert!(m.take_debug_output().len() <= DEBUG_OUT_MAX);
+
+        // The machine still works, before and after a device reset.
+        for pass in 0..2 {
+            m.space.write_phys(0x20_0000, 4, 0xdead_beef);
+            assert_eq!(m.space.read_phys(0x20_0000, 4), 0xdead_beef);
+            let mut b = [0u8; 4];
+            assert!(m.space.ram.read_bytes(0x20_0000, &mut b));
+            assert_eq!(u32::from_le_bytes(b), 0xdead_beef);
+            outw(&m, 0x510, fw_key::SIGNATURE);
+            let sig: Vec<u8> = (0..4)
+                .map(|_| m.space.pio.read_value(0x511, 1) as u8)
+                .collect();
+            assert_eq!(sig, b"QEMU", "fw_cfg signature (pass {pass})");
+            assert_eq!(cfg_read32(&m, 0, 0, 0), 0x1237_8086);
+            assert_eq!(cfg_read32(&m, 1, 1, 0), 0x7010_8086);
+            m.reset_devices();
+        }
+        // The VGA draws text again once VBE is off and mode 3 programmed.
+        m.space.pio.write_value(0x1ce, 2, vga::dispi::ENABLE as u64);
+        m.space.pio.write_value(0x1cf, 2, 0);
+        vga::modes::program(&mut lock(&m.vga), &vga::modes::MODE_03);
+        render_checked(&m);
+        assert_eq!(
+            {
+                let s = m.surface.read().expect("surface");
+                (s.width(), s.height())
+            },
+            (720, 400)
+        );
+    }
 }
