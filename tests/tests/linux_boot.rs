@@ -416,7 +416,32 @@ fn linux_boots_from_an_ata_disk_through_seabios_and_reads_the_cd() {
         ..Default::default()
     };
     let handle = engine::start(&cfg).expect("start");
-    let b = drive(handle, |_, _| {});
+    // The screen while Linux runs: SeaBIOS's and syslinux's text (the
+    // kernel's console is the serial port), saved as a PNG.
+    let mut screen = None;
+    let b = drive(handle, |text, h| {
+        if screen.is_none() && text.contains("VIREO-CMD-BEGIN") {
+            let png = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
+            std::fs::create_dir_all(&png).expect("screenshot dir");
+            let png = png.join("linux-from-ata-disk.png");
+            let saved = h.request(|reply| engine::Command::Screendump {
+                path: png.clone(),
+                format: engine::ScreenFormat::Png,
+                reply,
+            });
+            let surface = h.surface();
+            let size = surface.read().map(|s| (s.width(), s.height())).ok();
+            screen = Some((saved, size, h.text_screen()));
+        }
+    });
+    let (saved, size, text) = screen.expect("no screenshot taken");
+    saved.expect("screendump");
+    assert_eq!(size, Some((720, 400)), "not the 80x25 text mode");
+    let text = text.expect("a text screen").join("\n");
+    assert!(
+        text.contains("SeaBIOS") || text.contains("SYSLINUX"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     assert!(b.serial.contains("VIREO-MODULES-OK"), "{}", b.serial);
     let out = b.command_output();
