@@ -141,9 +141,13 @@ fn shell_on_the_serial_port_with_four_vcpus_and_5g() {
         "Normal zone pages:\n{text}"
     );
     assert!(text.contains("0-3"), "online CPUs:\n{text}");
-    // Linux found the chipset on PCI bus 0 (vendors, then devices).
+    // Linux found the PC's PCI functions on bus 0 (vendors, then devices,
+    // in 00:00.0, 00:01.0, 00:01.1, 00:01.3, 00:02.0 order): 440FX, PIIX3,
+    // its IDE, the PIIX4 PM function and the VGA.
     assert!(
-        text.contains("pcidevs=0x8086,0x8086,0x1237,0x7000,"),
+        text.contains(
+            "pcidevs=0x8086,0x8086,0x8086,0x8086,0x1234,0x1237,0x7000,0x7010,0x7113,0x1111,"
+        ),
         "PCI devices:\n{text}"
     );
     // The guest's clock comes from the RTC: the host's UTC time.
