@@ -74,6 +74,30 @@ fn build_fixture() -> (PathBuf, PathBuf) {
     )
 }
 
+/// The same fixture with the IDE, CD-ROM, ISO 9660 and ACPI button
+/// modules that `vireo.modules=1` loads (built after the plain one, which
+/// unpacks the packages they share).
+fn modules_fixture() -> (PathBuf, PathBuf) {
+    static FIXTURE: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    FIXTURE
+        .get_or_init(|| {
+            fixture();
+            let extra = guest_check().display().to_string();
+            let cache = cache_dir();
+            let lines = script(
+                "debian-linux.sh",
+                &[cache.as_os_str()],
+                &[("VIREO_EXTRA_BINS", extra), ("VIREO_MODULES", "1".into())],
+            );
+            assert!(lines.len() >= 2, "unexpected fixture output: {lines:?}");
+            (
+                PathBuf::from(&lines[lines.len() - 2]),
+                PathBuf::from(&lines[lines.len() - 1]),
+            )
+        })
+        .clone()
+}
+
 struct Boot {
     serial: String,
     stop: Option<StopReason>,
@@ -300,11 +324,14 @@ fn guest_poweroff_through_acpi_ends_vireo_with_status_0() {
 #[test]
 fn system_powerdown_on_the_qmp_socket_makes_linux_shut_down() {
     use std::io::{BufRead, BufReader, Write};
-    let cfg = config(
+    let mut cfg = config(
         1,
         "console=ttyS0 quiet vireo.modules=1 vireo.acpid=1 vireo.cmd=sleep%20600",
         AccelKind::Soft,
     );
+    if let Some(k) = cfg.kernel.as_mut() {
+        k.initrd = Some(modules_fixture().1.display().to_string());
+    }
     let handle = engine::start(&cfg).expect("start");
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let sock = dir.join(format!("powerdown-{}.sock", std::process::id()));
@@ -357,7 +384,7 @@ fn run(cmd: &mut Command) {
 /// A FAT disk image booting the fixture kernel with syslinux (mtools and
 /// syslinux, no root needed).
 fn syslinux_disk(dir: &std::path::Path, append: &str) -> PathBuf {
-    let (kernel, initrd) = fixture();
+    let (kernel, initrd) = modules_fixture();
     let disk = dir.join("disk.img");
     let f = std::fs::File::create(&disk).expect("disk");
     f.set_len(64 << 20).expect("size");
