@@ -765,6 +765,9 @@ struct Engine {
     keys_pending: std::collections::VecDeque<(u64, Vec<u8>)>,
 }
 
+/// Most key presses and releases waiting for the guest's keyboard.
+const KEYS_PENDING_MAX: usize = 1024;
+
 /// The CD-ROM drive's place on the IDE bus (secondary master), and the
 /// names clients may give it (QEMU's, and a plain one).
 const CDROM_SLOT: (usize, usize) = (1, 0);
@@ -900,6 +903,11 @@ impl Engine {
                 let set = lock(&self.machine.i8042).expected_scancode_set();
                 let names: Vec<&str> = keys.iter().map(String::as_str).collect();
                 let r = match crate::keycodes::key_sequence(&names, set) {
+                    // A guest that never reads its keyboard must not make
+                    // the host queue keystrokes without end.
+                    Ok(_) if self.keys_pending.len() >= KEYS_PENDING_MAX => {
+                        Err("the guest is not reading its keyboard: too many keys queued".into())
+                    }
                     Ok(seq) => {
                         let now = self.machine.now_ns();
                         // After whatever is still queued.

@@ -30,7 +30,7 @@ use vireo_devices::reset_control::ResetControl;
 use vireo_devices::rtc::Rtc;
 use vireo_devices::serial::Serial;
 use vireo_devices::vga::{self, SharedVga, VbePorts, Vga, VgaPorts, VgaWindow};
-use vireo_devices::{BusDevice as _, Clock, HostClock, IrqLine, SystemControl};
+use vireo_devices::{Clock, HostClock, IrqLine, SystemControl};
 
 /// Errors building a machine.
 #[derive(Debug, Error)]
@@ -150,6 +150,10 @@ pub struct Machine {
     pub fw_cfg: Arc<Mutex<FwCfg>>,
     /// The standard VGA with Bochs VBE (00:02.0).
     pub vga: SharedVga,
+    /// The 440FX host bridge (00:00.0: PAM, SMRAM).
+    host_bridge: Arc<Mutex<pci::PlainFunction>>,
+    /// The PIIX3 ISA bridge (00:01.0: PIRQ routing).
+    isa_bridge: Arc<Mutex<pci::PlainFunction>>,
     /// The PIIX3 IDE controller (00:01.1).
     pub ide: Arc<Mutex<Ide>>,
     /// The PIIX4 ACPI power-management function (00:01.3).
@@ -338,8 +342,10 @@ impl Machine {
             .pio
             .insert(0x510, 12, fw_cfg.clone() as SharedDevice)?;
         let mut bus = PciBus::new();
-        bus.attach(0, 0, Arc::new(Mutex::new(pci::i440fx_host_bridge())));
-        bus.attach(1, 0, Arc::new(Mutex::new(pci::piix3_isa_bridge())));
+        let host_bridge = Arc::new(Mutex::new(pci::i440fx_host_bridge()));
+        let isa_bridge = Arc::new(Mutex::new(pci::piix3_isa_bridge()));
+        bus.attach(0, 0, host_bridge.clone());
+        bus.attach(1, 0, isa_bridge.clone());
         let vga_dev: SharedVga = Arc::new(Mutex::new(Vga::new(
             firmware.and_then(|f| f.vgabios.clone()).unwrap_or_default(),
         )));
@@ -490,6 +496,8 @@ impl Machine {
             port92,
             fw_cfg,
             vga: vga_dev,
+            host_bridge,
+            isa_bridge,
             ide,
             acpi_pm: pm,
             reset_control,
@@ -534,9 +542,9 @@ impl Machine {
         self.bios.is_some()
     }
 
-    /// Puts the BIOS's last 128 KiB at 0xe0000 (as the chipset shows it
-    /// after a reset, before firmware enables its RAM shadow) and resets
-    /// the 440FX's PAM registers so firmware shadows itself again.
+    /// Puts the BIOS's last 128 KiB at 0xe0000, as the chipset shows it
+    /// after a reset (PAM registers at their reset value, see
+    /// [`Machine::reset_devices`]), before firmware shadows itself in RAM.
     pub fn load_firmware(&self) {
         let Some(bios) = &self.bios else { return };
         let tail = &bios[bios.len().saturating_sub(BIOS_SHADOW_LEN)..];
@@ -544,12 +552,6 @@ impl Machine {
         if self.space.ram.write_bytes(at, tail) {
             self.code.note_device_write(at, tail.len() as u64);
         }
-        let mut pci = lock(&self.pci);
-        // PAM0–PAM6 (0x59–0x5f) back to "reads and writes go to the ROM".
-        pci.write(0, &0x8000_0058u32.to_le_bytes());
-        pci.write(5, &[0, 0, 0]);
-        pci.write(0, &0x8000_005cu32.to_le_bytes());
-        pci.write(4, &[0, 0, 0, 0]);
     }
 
     /// Sets the firmware's boot order from QEMU-style `--boot` letters
@@ -623,6 +625,10 @@ impl Machine {
         lock(&self.rtc).reset();
         lock(&self.port92).reset();
         lock(&self.reset_control).reset();
+        // The chipset's configuration (PAM, SMRAM, PIRQ routing) back to
+        // power-on values, so firmware shadows itself again.
+        *lock(&self.host_bridge) = pci::i440fx_host_bridge();
+        *lock(&self.isa_bridge) = pci::piix3_isa_bridge();
         lock(&self.ide).reset();
         lock(&self.acpi_pm).reset();
         lock(&self.pci).invalidate_windows();
@@ -683,6 +689,28 @@ mod tests {
 
     fn outw(m: &Machine, port: u64, v: u16) {
         m.space.pio.write(port, &v.to_le_bytes());
+    }
+
+    /// A reset puts the chipset's PAM and PIRQ registers back to their
+    /// power-on values (firmware then shadows itself again).
+    #[test]
+    fn reset_restores_the_chipset_configuration() {
+        let m = Machine::new(16 << 20, 1).expect("machine");
+        let cfg = |m: &Machine, addr: u32| {
+            m.space.pio.write(0xcf8, &addr.to_le_bytes());
+            let mut d = [0u8; 4];
+            m.space.pio.read(0xcfc, &mut d);
+            u32::from_le_bytes(d)
+        };
+        m.space.pio.write(0xcf8, &0x8000_0058u32.to_le_bytes());
+        m.space.pio.write(0xcfc, &0x3333_3300u32.to_le_bytes());
+        m.space.pio.write(0xcf8, &0x8000_0860u32.to_le_bytes());
+        m.space.pio.write(0xcfc, &0x0b0b_0a0au32.to_le_bytes());
+        assert_eq!(cfg(&m, 0x8000_0058), 0x3333_3300);
+        assert_eq!(cfg(&m, 0x8000_0860), 0x0b0b_0a0a);
+        m.reset_devices();
+        assert_eq!(cfg(&m, 0x8000_0058), 0);
+        assert_eq!(cfg(&m, 0x8000_0860), 0x8080_8080);
     }
 
     /// fw_cfg and PCI answer on their ports, and a DMA transfer into RAM that holds

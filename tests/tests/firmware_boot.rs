@@ -182,6 +182,14 @@ fn grub_rescue_cd_boots_to_the_grub_prompt() {
     let shot = screenshot(&h, "grub-rescue-prompt");
     assert_eq!((shot.width, shot.height), (720, 400));
     assert!(shot.colors >= 2, "a blank screen");
+    // A reset boots the firmware again (it shadows itself anew) back to
+    // GRUB's menu, which the command line had replaced.
+    h.send(Command::Reset);
+    wait_text(
+        &h,
+        "Press enter to boot the selected OS",
+        Duration::from_secs(60),
+    );
     h.send(Command::PowerOff);
     h.join();
 }
