@@ -46,6 +46,12 @@ const MAX_BLOCK: usize = 64;
 /// A straight-line run of instructions within one page.
 pub(crate) struct Block {
     insns: Vec<Insn>,
+    /// `insns`' first element (read by translated code).
+    pub(crate) insns_ptr: *const Insn,
+    /// RIP of the first instruction (read by translated code).
+    pub(crate) base: u64,
+    /// Physical address of the first instruction.
+    phys: u64,
     /// In the cache (not a one-off decode of a page-straddling instruction).
     cached: bool,
     /// Blocks seen to follow this one in the same page: (RIP, block). Both
@@ -56,11 +62,11 @@ pub(crate) struct Block {
     /// Times run by the interpreter (u32::MAX: never translate).
     hits: std::cell::Cell<u32>,
     /// The translation's entry (tail-call convention), 0 until the block
-    /// got hot.
-    code: std::cell::Cell<usize>,
-    /// Translated successors entered directly, for the RIPs in `link_rips`
-    /// (read by translated code).
-    links: [std::cell::Cell<usize>; 2],
+    /// got hot (read by translated code).
+    pub(crate) code: std::cell::Cell<usize>,
+    /// Translated successors (their `Block`s) entered directly, for the
+    /// RIPs in `link_rips` (read by translated code).
+    pub(crate) links: [std::cell::Cell<usize>; 2],
     link_rips: [std::cell::Cell<u64>; 2],
 }
 
@@ -71,8 +77,11 @@ unsafe impl Send for Block {}
 unsafe impl Sync for Block {}
 
 impl Block {
-    fn new(insns: Vec<Insn>, cached: bool, mode64: bool) -> Self {
+    fn new(insns: Vec<Insn>, phys: u64, cached: bool, mode64: bool) -> Self {
         Block {
+            insns_ptr: insns.as_ptr(),
+            base: insns.first().map_or(0, |d| d.ins.ip()),
+            phys,
             insns,
             cached,
             next: Default::default(),
@@ -97,6 +106,15 @@ impl Block {
             .map(|(_, b)| b)
     }
 
+    /// Takes translated code made for another block decoded from the same
+    /// bytes.
+    fn adopt(&self, t: &Translation) {
+        self.code.set(t.code);
+        for (c, r) in self.link_rips.iter().zip(t.links) {
+            c.set(r.map_or(u64::MAX, |r| self.base.wrapping_add(r)));
+        }
+    }
+
     /// Records `b` as the block that follows at `rip`.
     fn link(&self, rip: u64, b: *const Block) {
         let slot = if self.next[0].get().1.is_null() { 0 } else { 1 };
@@ -105,6 +123,20 @@ impl Block {
 }
 
 type Key = (u64, u64, u32);
+
+/// Translated code for the 64-bit block decoded at a physical address,
+/// shared by every block decoded from there (see [`super::jit::EnterFn`]).
+#[derive(Clone, Copy)]
+struct Translation {
+    phys: u64,
+    code: usize,
+    /// Instructions in the block, and which of them are native
+    /// ([`super::jit::native_mask`]).
+    len: usize,
+    native: u64,
+    /// RIPs of the link cells, as offsets from the block's first RIP.
+    links: [Option<u64>; 2],
+}
 
 /// A fast hasher for block keys (FxHash-style multiply-rotate).
 #[derive(Default, Clone, Copy)]
@@ -141,6 +173,8 @@ pub(crate) struct JmpEntry {
     pub(crate) code: u64,
     /// Valid only while this equals `CodeCache::jmp_gen`.
     pub(crate) gen: u64,
+    /// The decoded block `code` runs for.
+    pub(crate) block: u64,
 }
 
 /// Entries per privilege level in the jump cache.
@@ -150,6 +184,7 @@ const NO_JMP: JmpEntry = JmpEntry {
     rip: u64::MAX,
     code: 0,
     gen: 0,
+    block: 0,
 };
 
 /// The jump-cache slot of `rip`: the page picks one of 64 groups (so
@@ -180,6 +215,12 @@ pub(crate) struct CodeCache {
     /// between blocks (so the loop can run a block without owning a
     /// reference count).
     graveyard: Vec<Arc<Block>>,
+    /// Translations by physical page: they outlive the blocks (a block
+    /// decoded again from the same bytes takes its translation at once) and
+    /// go when the page is written or the translator starts afresh.
+    translations: FastMap<u64, Vec<Translation>>,
+    /// Blocks that took a translation made for another (statistics).
+    pub(crate) adopted: u64,
 }
 
 /// A request one vCPU leaves for another about its code cache.
@@ -298,7 +339,39 @@ impl CodeCache {
             pages: FastMap::default(),
             code_bytes: FastMap::default(),
             graveyard: Vec::new(),
+            translations: FastMap::default(),
+            adopted: 0,
         }
+    }
+
+    /// Gives `b` the translation made for another block decoded from its
+    /// bytes, if there is one; true if it did.
+    fn adopt(&mut self, b: &Block, smp: bool) -> bool {
+        match self.translation(b.phys, &b.insns, smp) {
+            Some(t) => {
+                b.adopt(&t);
+                self.adopted += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The translation made for the block at `phys` whose instructions
+    /// are `insns`, if any.
+    fn translation(&self, phys: u64, insns: &[Insn], smp: bool) -> Option<Translation> {
+        let t = self
+            .translations
+            .get(&(phys & !0xfff))?
+            .iter()
+            .find(|t| t.phys == phys)?;
+        (t.len == insns.len() && t.native == super::jit::native_mask(insns, smp)).then_some(*t)
+    }
+
+    fn add_translation(&mut self, t: Translation) {
+        let v = self.translations.entry(t.phys & !0xfff).or_default();
+        v.retain(|o| o.phys != t.phys);
+        v.push(t);
     }
 
     /// Records that a cached block was decoded from `len` bytes at `phys`
@@ -344,7 +417,15 @@ impl CodeCache {
         }
     }
 
+    /// Forgets every block and translation (the code in memory may have
+    /// changed behind the CPU's back).
     pub(crate) fn clear(&mut self) {
+        self.evict();
+        self.translations.clear();
+    }
+
+    /// Drops every block, keeping the translations (to make room).
+    fn evict(&mut self) {
         self.jmp_clear();
         self.fast.fill(None);
         self.graveyard.extend(self.map.drain().map(|(_, b)| b));
@@ -352,9 +433,10 @@ impl CodeCache {
         self.code_bytes.clear();
     }
 
-    /// Drops every block decoded from `page`.
+    /// Drops every block decoded from `page`, and their translations.
     pub(crate) fn invalidate_page(&mut self, page: u64) {
         self.code_bytes.remove(&page);
+        self.translations.remove(&page);
         if let Some(keys) = self.pages.remove(&page) {
             self.jmp_clear();
             for k in keys {
@@ -644,6 +726,7 @@ impl Cpu {
             }
             let b = Arc::new(Block::new(
                 vec![make_insn(ins, bitness, self.smp)],
+                phys,
                 false,
                 false,
             ));
@@ -651,7 +734,7 @@ impl Cpu {
             self.cache.graveyard.push(b);
             return Ok(p);
         }
-        let block = Arc::new(Block::new(insns, true, bitness == 64));
+        let block = Arc::new(Block::new(insns, phys, true, bitness == 64));
         if self.code.mark(page) {
             self.tlb.flush_phys_writes(page);
             self.code.post_others(self.index, CodeMsg::Protect(page));
@@ -659,8 +742,9 @@ impl Cpu {
         if self.cache.map.len() > 1 << 16 || self.jit.as_ref().is_some_and(|j| j.full()) {
             // Pages stay marked (other vCPUs may hold their code); a write
             // to one just takes the slow path once.
-            self.cache.clear();
+            self.cache.evict();
             if let Some(j) = self.jit.as_mut().filter(|j| j.full()) {
+                self.cache.translations.clear();
                 // SAFETY: every translated block just left the cache; the
                 // graveyard keeps them only until the next call, and no
                 // translated code is running (we are between blocks).
@@ -669,6 +753,9 @@ impl Cpu {
                     self.jit_hot = 0;
                 }
             }
+        }
+        if bitness == 64 && self.jit_hot != 0 {
+            self.cache.adopt(&block, self.smp);
         }
         let p = Arc::as_ptr(&block);
         self.cache.map.insert(key, block);
@@ -797,7 +884,7 @@ impl Cpu {
                     if p.code.get() != 0 {
                         for (r, l) in p.link_rips.iter().zip(&p.links) {
                             if r.get() == self.rip {
-                                l.set(code);
+                                l.set(block as usize);
                             }
                         }
                     }
@@ -811,7 +898,7 @@ impl Cpu {
                     // between blocks); the code lives until the translator
                     // is reset, which drops every block first.
                     self.jit_tables();
-                    let r = unsafe { enter(self as *mut Cpu, code) };
+                    let r = unsafe { enter(self as *mut Cpu, code, block as usize) };
                     if r & super::jit::EARLY != 0 {
                         self.stop_block = false;
                         prev = std::ptr::null();
@@ -827,6 +914,10 @@ impl Cpu {
                 b.hits.set(h);
                 if h == self.jit_hot {
                     self.compile_block(b);
+                } else if h % 64 == 0 && b.cached {
+                    // Translated since this block was decoded, from the
+                    // same bytes at another RIP?
+                    self.cache.adopt(b, self.smp);
                 }
             }
             let ip_mask = self.ip_mask();
@@ -851,11 +942,11 @@ impl Cpu {
         }
     }
 
-    /// The translated code for the block at RIP if it can be entered
-    /// straight from translated code: 64-bit mode, the fetch translation in
-    /// the TLB, the block in the direct-mapped cache. 0 otherwise (the run
-    /// loop then looks it up, decoding if need be). Found code goes into the
-    /// jump cache; nothing else changes.
+    /// The block at RIP if it is translated and can be entered straight
+    /// from translated code: 64-bit mode, the fetch translation in the TLB,
+    /// the block in the direct-mapped cache. 0 otherwise (the run loop then
+    /// looks it up, decoding if need be). A found block goes into the jump
+    /// cache; nothing else changes.
     pub(crate) fn jit_lookup(&mut self) -> usize {
         if !self.mode64() {
             return 0;
@@ -865,18 +956,20 @@ impl Cpu {
             return 0;
         };
         let key = (phys, self.rip, 64);
-        let code = match &self.cache.fast[CodeCache::fast_slot(&key)] {
-            Some((k, b)) if *k == key => b.code.get(),
-            _ => 0,
+        let (code, block) = match &self.cache.fast[CodeCache::fast_slot(&key)] {
+            Some((k, b)) if *k == key => (b.code.get(), Arc::as_ptr(b) as usize),
+            _ => (0, 0),
         };
-        if code != 0 {
-            self.cache.jmp[user as usize][jmp_slot(self.rip)] = JmpEntry {
-                rip: self.rip,
-                code: code as u64,
-                gen: self.cache.jmp_gen,
-            };
+        if code == 0 {
+            return 0;
         }
-        code
+        self.cache.jmp[user as usize][jmp_slot(self.rip)] = JmpEntry {
+            rip: self.rip,
+            code: code as u64,
+            gen: self.cache.jmp_gen,
+            block: block as u64,
+        };
+        block
     }
 
     /// Compiles a hot block (it runs translated from its next run).
@@ -893,24 +986,27 @@ impl Cpu {
             }
         }
         let smp = self.smp;
+        if self.cache.adopt(b, smp) {
+            return;
+        }
         if let Some(j) = self.jit.as_mut() {
-            let me = b as *const Block as usize;
-            let links = [
-                &b.links[0] as *const _ as usize,
-                &b.links[1] as *const _ as usize,
-            ];
             // A panic in the code generator must not take the VM down: the
             // block just stays interpreted.
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                j.compile(&b.insns, smp, me, links)
+                j.compile(&b.insns, smp)
             }))
             .unwrap_or_else(|_| Err("code generator panicked".into()));
             match r {
-                Ok((code, rips)) => {
-                    b.code.set(code);
-                    for (c, r) in b.link_rips.iter().zip(rips) {
-                        c.set(r);
-                    }
+                Ok((code, links)) => {
+                    let t = Translation {
+                        phys: b.phys,
+                        code,
+                        len: b.insns.len(),
+                        native: super::jit::native_mask(&b.insns, smp),
+                        links,
+                    };
+                    b.adopt(&t);
+                    self.cache.add_translation(t);
                 }
                 Err(e) => {
                     tracing::warn!("JIT: block at {:#x} not translated: {e}", self.rip);

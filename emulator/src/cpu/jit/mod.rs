@@ -35,13 +35,21 @@ use cranelift_module::{default_libcall_names, Module};
 use iced_x86::{Mnemonic as M, OpKind, Register};
 use std::mem::offset_of;
 
-/// The way into translated code from Rust: runs the block at `code` (and
-/// the blocks it chains to) on the CPU; returns [`EARLY`] or 0.
+/// The way into translated code from Rust: runs `code` for the decoded
+/// block at `block` (and the blocks it chains to) on the CPU; returns
+/// [`EARLY`] or 0.
 ///
 /// Translated blocks use Cranelift's tail-call convention so that one can
 /// jump straight into the next; each adds the instructions it retired to
 /// `Cpu::icount` itself.
-pub(crate) type EnterFn = unsafe extern "C" fn(*mut Cpu, usize) -> u64;
+///
+/// Translations are position-independent: a block's code takes the
+/// decoded block it runs for, whose first RIP every guest address is
+/// computed from, whose instructions the interpreter calls use and whose
+/// link cells it reads. One translation so serves every block decoded from
+/// the same physical bytes, whatever their virtual address (a shared
+/// library mapped at another address in each process).
+pub(crate) type EnterFn = unsafe extern "C" fn(*mut Cpu, usize, usize) -> u64;
 
 /// Returned when the last block stopped early (an exception was delivered,
 /// or an instruction ended the block): the run loop must not chain from it.
@@ -154,17 +162,15 @@ impl Jit {
     }
 
     /// Translates a block of 64-bit code (`smp`: LOCKed instructions must
-    /// stay atomic, so they go to the interpreter). `me` identifies the block
-    /// (stored in `Cpu::jit_last` when it returns), `links` are the addresses
-    /// of its two link cells: where the translated successors at the
-    /// returned RIPs (u64::MAX: none) will be entered directly once known.
+    /// stay atomic, so they go to the interpreter). Returns the code and,
+    /// for the block's two link cells (where translated successors will be
+    /// entered directly once known), the RIPs they stand for as offsets from
+    /// the block's first RIP.
     pub(crate) fn compile(
         &mut self,
         insns: &[Insn],
         smp: bool,
-        me: usize,
-        links: [usize; 2],
-    ) -> Result<(usize, [u64; 2]), String> {
+    ) -> Result<(usize, [Option<u64>; 2]), String> {
         let module = self.module.as_mut().ok_or("no module")?;
         module.clear_context(&mut self.ctx);
         let cfg = module.target_config();
@@ -177,10 +183,10 @@ impl Jit {
             let entry = b.create_block();
             b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
-            let cpu = b.block_params(entry)[0];
+            let (cpu, ctx) = (b.block_params(entry)[0], b.block_params(entry)[1]);
             let start = insns.first().map_or(0, |d| d.ins.ip());
-            let mut t = Tx::new(b, cpu, sigs, smp, me, links, start);
-            link_rips = t.block(insns);
+            let mut t = Tx::new(b, cpu, ctx, sigs, smp, start);
+            link_rips = t.block(insns).map(|r| r.map(|r| r.wrapping_sub(start)));
             t.b.seal_all_blocks();
             t.b.finalize(cfg);
         }
@@ -215,12 +221,14 @@ impl Jit {
     }
 }
 
-/// The signature of translated blocks: the CPU in, [`EARLY`] or 0 out, in
-/// the tail-call convention.
+/// The signature of translated blocks: the CPU and the decoded block in,
+/// [`EARLY`] or 0 out, in the tail-call convention.
 fn block_signature(m: &JITModule) -> Signature {
     let mut sig = Signature::new(CallConv::Tail);
-    sig.params
-        .push(AbiParam::new(m.target_config().pointer_type()));
+    for _ in 0..2 {
+        sig.params
+            .push(AbiParam::new(m.target_config().pointer_type()));
+    }
     sig.returns.push(AbiParam::new(types::I64));
     sig
 }
@@ -236,6 +244,7 @@ fn build_enter(
     let mut sig = module.make_signature();
     sig.params.push(AbiParam::new(ptr));
     sig.params.push(AbiParam::new(types::I64));
+    sig.params.push(AbiParam::new(ptr));
     sig.returns.push(AbiParam::new(types::I64));
     ctx.func.signature = sig.clone();
     let block_sig = block_signature(module);
@@ -244,9 +253,10 @@ fn build_enter(
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
-        let (cpu, code) = (b.block_params(entry)[0], b.block_params(entry)[1]);
+        let p = b.block_params(entry);
+        let (cpu, code, block) = (p[0], p[1], p[2]);
         let sref = b.import_signature(block_sig);
-        let call = b.ins().call_indirect(sref, code, &[cpu]);
+        let call = b.ins().call_indirect(sref, code, &[cpu, block]);
         let r = b.inst_results(call)[0];
         b.ins().return_(&[r]);
         b.seal_all_blocks();
@@ -262,8 +272,8 @@ fn build_enter(
     module.finalize_definitions().map_err(|e| e.to_string())?;
     let p = module.get_finalized_function(id);
     // SAFETY: `p` is the entry of a function compiled with the signature of
-    // `EnterFn` (two pointer-sized arguments, an i64 result, the platform's
-    // C calling convention), valid until the module is freed.
+    // `EnterFn` (three pointer-sized arguments, an i64 result, the
+    // platform's C calling convention), valid until the module is freed.
     Ok(unsafe { std::mem::transmute::<*const u8, EnterFn>(p) })
 }
 
@@ -324,7 +334,8 @@ unsafe extern "C" fn h_interp(cpu: *mut Cpu, insn: *const Insn) -> u32 {
     }
 }
 
-/// The translated block to enter next (see `Cpu::jit_lookup`), or 0.
+/// The decoded block to enter next, translated (see `Cpu::jit_lookup`),
+/// or 0.
 unsafe extern "C" fn h_lookup(cpu: *mut Cpu) -> u64 {
     // SAFETY: as in `h_interp`.
     let c = unsafe { &mut *cpu };
@@ -345,6 +356,14 @@ const RIP: i32 = offset_of!(Cpu, rip) as i32;
 const SKIP: i32 = offset_of!(Cpu, jit_skip) as i32;
 const JMP_GEN: i32 = (offset_of!(Cpu, cache) + offset_of!(super::exec::CodeCache, jmp_gen)) as i32;
 const JMP_ENTRY: i64 = std::mem::size_of::<super::exec::JmpEntry>() as i64;
+const JMP_CODE: i32 = offset_of!(super::exec::JmpEntry, code) as i32;
+const JMP_BLOCK: i32 = offset_of!(super::exec::JmpEntry, block) as i32;
+const JMP_E_GEN: i32 = offset_of!(super::exec::JmpEntry, gen) as i32;
+const B_CODE: i32 = offset_of!(super::exec::Block, code) as i32;
+const B_LINKS: i32 = offset_of!(super::exec::Block, links) as i32;
+const B_BASE: i32 = offset_of!(super::exec::Block, base) as i32;
+const B_INSNS: i32 = offset_of!(super::exec::Block, insns_ptr) as i32;
+const INSN_SIZE: i64 = std::mem::size_of::<Insn>() as i64;
 const ICOUNT: i32 = offset_of!(Cpu, icount) as i32;
 const LAST: i32 = offset_of!(Cpu, jit_last) as i32;
 const CHAIN_LIMIT: i32 = offset_of!(Cpu, jit_chain_limit) as i32;
@@ -441,6 +460,18 @@ fn rm_op(d: &Insn, i: u32) -> bool {
 
 fn canonical(a: u64) -> bool {
     super::ops_basic::canonical(a)
+}
+
+/// Which of a block's instructions the translator emits itself (bit `i`
+/// for instruction `i`): a translation made for one decoding of the bytes
+/// serves another only if this agrees (near branches to non-canonical
+/// targets are left to the interpreter).
+pub(crate) fn native_mask(insns: &[Insn], smp: bool) -> u64 {
+    insns
+        .iter()
+        .enumerate()
+        .take(64)
+        .fold(0, |m, (i, d)| m | (native(d, smp) as u64) << i)
 }
 
 /// Whether the translator emits `d` itself (else it calls the interpreter).
@@ -554,9 +585,11 @@ struct Tx<'f> {
     lazy_dirty: bool,
     /// Index of the instruction being translated.
     at: usize,
-    /// This block's identity and link cells (see [`Jit::compile`]).
-    me: usize,
-    links: [usize; 2],
+    /// The decoded block run (see [`EnterFn`]), its first RIP and its
+    /// instructions.
+    ctx: Value,
+    base: Value,
+    insns: Value,
     /// How the last native instruction left the block, if it branched.
     term: Option<Term>,
     /// No instruction that may change paging or modes ran: the block may
@@ -586,10 +619,9 @@ impl<'f> Tx<'f> {
     fn new(
         mut b: FunctionBuilder<'f>,
         cpu: Value,
+        ctx: Value,
         sigs: Sigs,
         smp: bool,
-        me: usize,
-        links: [usize; 2],
         start: u64,
     ) -> Self {
         let trusted = MemFlagsData::trusted();
@@ -600,6 +632,8 @@ impl<'f> Tx<'f> {
         let tlb_r = b.ins().load(types::I64, trusted, cpu, TLB_NOW);
         let tlb_w = b.ins().iadd_imm_s(tlb_r, 2 * tlb::TABLE);
         let jmp = b.ins().load(types::I64, trusted, cpu, JMP_NOW);
+        let base = b.ins().load(types::I64, trusted, ctx, B_BASE);
+        let insns = b.ins().load(types::I64, trusted, ctx, B_INSNS);
         let top = b.create_block();
         b.ins().jump(top, &[]);
         b.switch_to_block(top);
@@ -616,8 +650,9 @@ impl<'f> Tx<'f> {
             lazy: None,
             lazy_dirty: false,
             at: 0,
-            me,
-            links,
+            ctx,
+            base,
+            insns,
             term: None,
             chain_ok: true,
             start,
@@ -628,6 +663,29 @@ impl<'f> Tx<'f> {
 
     fn c64(&mut self, v: i64) -> Value {
         self.b.ins().iconst(types::I64, v)
+    }
+
+    /// Guest address `a` of the block as compiled, for the block being run:
+    /// at the same offset from its first RIP.
+    fn addr(&mut self, a: u64) -> Value {
+        let off = a.wrapping_sub(self.start) as i64;
+        self.b.ins().iadd_imm_s(self.base, off)
+    }
+
+    /// The address of this block's instruction `i` (for the interpreter).
+    fn insn_ptr(&mut self, i: usize) -> Value {
+        self.b.ins().iadd_imm_s(self.insns, i as i64 * INSN_SIZE)
+    }
+
+    /// Enters the translated code of decoded block `blk` (not null).
+    fn tail_enter(&mut self, blk: Value) {
+        let code = self
+            .b
+            .ins()
+            .load(types::I64, MemFlagsData::trusted(), blk, B_CODE);
+        self.b
+            .ins()
+            .return_call_indirect(self.sigs.block, code, &[self.cpu, blk]);
     }
 
     // -- guest registers --
@@ -775,7 +833,7 @@ impl<'f> Tx<'f> {
 
     /// Returns to the run loop after the block ran to its end.
     fn ret_normal(&mut self) {
-        let me = self.c64(self.me as i64);
+        let me = self.ctx;
         self.b
             .ins()
             .store(MemFlagsData::trusted(), me, self.cpu, LAST);
@@ -831,15 +889,15 @@ impl<'f> Tx<'f> {
         let nv = self.c64(n as i64);
         self.count(nv);
         match (self.term, self.chain_ok) {
-            (Some(Term::Direct(t)), true) => self.goto(t, self.links[0]),
+            (Some(Term::Direct(t)), true) => self.goto(t, 0),
             (Some(Term::Cond(c, t, f)), true) => {
                 let taken = self.side();
                 let not = self.side();
                 self.b.ins().brif(c, taken, &[], not, &[]);
                 self.b.switch_to_block(taken);
-                self.goto(t, self.links[0]);
+                self.goto(t, 0);
                 self.b.switch_to_block(not);
-                self.goto(f, self.links[1]);
+                self.goto(f, 1);
             }
             (Some(Term::Indirect(rip)), true) => {
                 let attn = self.attention(true);
@@ -874,7 +932,7 @@ impl<'f> Tx<'f> {
         let ent = self.b.ins().iadd(self.jmp, off);
         let tag = self.b.ins().load(types::I64, t, ent, 0);
         let hit = self.b.ins().icmp(IntCC::Equal, tag, rip);
-        let gen = self.b.ins().load(types::I64, t, ent, 16);
+        let gen = self.b.ins().load(types::I64, t, ent, JMP_E_GEN);
         let cur = self.b.ins().load(types::I64, t, self.cpu, JMP_GEN);
         let now = self.b.ins().icmp(IntCC::Equal, gen, cur);
         let hit = self.b.ins().band(hit, now);
@@ -882,10 +940,11 @@ impl<'f> Tx<'f> {
         let miss = self.side();
         self.b.ins().brif(hit, jump, &[], miss, &[]);
         self.b.switch_to_block(jump);
-        let code = self.b.ins().load(types::I64, t, ent, 8);
+        let code = self.b.ins().load(types::I64, t, ent, JMP_CODE);
+        let blk = self.b.ins().load(types::I64, t, ent, JMP_BLOCK);
         self.b
             .ins()
-            .return_call_indirect(self.sigs.block, code, &[self.cpu]);
+            .return_call_indirect(self.sigs.block, code, &[self.cpu, blk]);
         self.b.switch_to_block(miss);
         self.enter_looked_up(back);
     }
@@ -895,19 +954,17 @@ impl<'f> Tx<'f> {
     fn enter_looked_up(&mut self, back: Block) {
         let f = self.c64(h_lookup as *const () as usize as i64);
         let call = self.b.ins().call_indirect(self.sigs.lookup, f, &[self.cpu]);
-        let code = self.b.inst_results(call)[0];
+        let blk = self.b.inst_results(call)[0];
         let jump = self.side();
-        self.b.ins().brif(code, jump, &[], back, &[]);
+        self.b.ins().brif(blk, jump, &[], back, &[]);
         self.b.switch_to_block(jump);
-        self.b
-            .ins()
-            .return_call_indirect(self.sigs.block, code, &[self.cpu]);
+        self.tail_enter(blk);
     }
 
     /// Continues at `target` (RIP already stored): loops to the block's own
     /// start, or enters the translated block in link cell `cell`, unless the
     /// run loop must look first.
-    fn goto(&mut self, target: u64, cell: usize) {
+    fn goto(&mut self, target: u64, cell: i32) {
         let forward = target > self.start && (target ^ self.start) & !0xfff == 0;
         let attn = self.attention(!forward);
         let back = self.side();
@@ -919,19 +976,18 @@ impl<'f> Tx<'f> {
         } else {
             let jump = self.side();
             let lookup = self.side();
-            let cell = self.c64(cell as i64);
-            let f = self
-                .b
-                .ins()
-                .load(types::I64, MemFlagsData::trusted(), cell, 0);
+            let f = self.b.ins().load(
+                types::I64,
+                MemFlagsData::trusted(),
+                self.ctx,
+                B_LINKS + 8 * cell,
+            );
             self.b.ins().brif(f, jump, &[], lookup, &[]);
             self.b.switch_to_block(jump);
-            self.b
-                .ins()
-                .return_call_indirect(self.sigs.block, f, &[self.cpu]);
+            self.tail_enter(f);
             // Not linked (another page, or not seen yet from here).
             self.b.switch_to_block(lookup);
-            let r = self.c64(target as i64);
+            let r = self.addr(target);
             self.enter_cached(r, back);
         }
         self.b.switch_to_block(back);
@@ -948,7 +1004,12 @@ impl<'f> Tx<'f> {
 
     /// Effective address (offset in the segment) of `d`'s memory operand.
     fn ea(&mut self, d: &Insn) -> Value {
-        let mut v = self.c64(d.ins.memory_displacement64() as i64);
+        let disp = d.ins.memory_displacement64();
+        let mut v = if d.ins.memory_base() == Register::RIP {
+            self.addr(disp)
+        } else {
+            self.c64(disp as i64)
+        };
         if d.ea_base != Register::None {
             let r = self.reg(d.ea_base);
             v = self.b.ins().iadd(v, r);
@@ -1032,7 +1093,7 @@ impl<'f> Tx<'f> {
                 b
             }
         };
-        let r = self.c64(ip as i64);
+        let r = self.addr(ip);
         let n = self.c64(self.at as i64);
         self.b
             .ins()
@@ -1306,7 +1367,7 @@ impl<'f> Tx<'f> {
     // -- instructions --
 
     /// Translates the block; returns the RIPs its link cells stand for.
-    fn block(&mut self, insns: &[Insn]) -> [u64; 2] {
+    fn block(&mut self, insns: &[Insn]) -> [Option<u64>; 2] {
         let n = insns.len();
         let mut rip: Option<Value> = None;
         let mut rip_set = false;
@@ -1324,7 +1385,7 @@ impl<'f> Tx<'f> {
                 }
                 self.sync();
                 let f = self.c64(h_interp as *const () as usize as i64);
-                let p = self.c64(d as *const Insn as usize as i64);
+                let p = self.insn_ptr(i);
                 let call = self
                     .b
                     .ins()
@@ -1364,19 +1425,19 @@ impl<'f> Tx<'f> {
             }
             Some(match rip {
                 Some(r) => r,
-                None => self.c64(last.ins.next_ip() as i64),
+                None => self.addr(last.ins.next_ip()),
             })
         };
         let rips = match self.term {
-            Some(Term::Direct(t)) => [t, u64::MAX],
-            Some(Term::Cond(_, t, f)) => [t, f],
-            Some(Term::Indirect(_)) | None => [u64::MAX; 2],
+            Some(Term::Direct(t)) => [Some(t), None],
+            Some(Term::Cond(_, t, f)) => [Some(t), Some(f)],
+            Some(Term::Indirect(_)) | None => [None; 2],
         };
         self.finish(final_rip, n as u64);
         if self.chain_ok {
             rips
         } else {
-            [u64::MAX; 2]
+            [None; 2]
         }
     }
 
@@ -1643,16 +1704,16 @@ impl<'f> Tx<'f> {
             }
             M::Jmp => {
                 self.term = Some(Term::Direct(d.imm));
-                return Some(self.c64(d.imm as i64));
+                return Some(self.addr(d.imm));
             }
             M::Call => {
-                let ret = self.c64(next as i64);
+                let ret = self.addr(next);
                 let sp = self.gpr(4);
                 let nsp = self.b.ins().iadd_imm_s(sp, -8);
                 self.store(nsp, 8, ret, ins.ip());
                 self.set_gpr(4, nsp);
                 self.term = Some(Term::Direct(d.imm));
-                return Some(self.c64(d.imm as i64));
+                return Some(self.addr(d.imm));
             }
             M::Ret => {
                 let sp = self.gpr(4);
@@ -1668,7 +1729,7 @@ impl<'f> Tx<'f> {
                 self.b.switch_to_block(bad);
                 self.spill();
                 let f = self.c64(h_interp as *const () as usize as i64);
-                let p = self.c64(d as *const Insn as usize as i64);
+                let p = self.insn_ptr(self.at);
                 self.b
                     .ins()
                     .call_indirect(self.sigs.interp, f, &[self.cpu, p]);
@@ -1684,8 +1745,8 @@ impl<'f> Tx<'f> {
             }
             m if JCC.contains(&m) => {
                 let c = self.cond(d.cc);
-                let t = self.c64(d.imm as i64);
-                let f = self.c64(next as i64);
+                let t = self.addr(d.imm);
+                let f = self.addr(next);
                 self.term = Some(Term::Cond(c, d.imm, next));
                 return Some(self.b.ins().select(c, t, f));
             }

@@ -23,6 +23,9 @@ const DATA: u64 = 0x30000;
 // The page after DATA is not present: accesses reaching it fault.
 const STACK: u64 = 0x40000;
 const FS_BASE: u64 = 0x100;
+/// A second virtual address of CODE's physical page, followed by LANDING's;
+/// DATA's is at the same distance as from CODE.
+const ALIAS: u64 = 0x100000;
 
 /// A CPU in 64-bit mode: identity-mapped 4 KiB pages over the first 2 MiB
 /// (only those the tests use), an IDT whose every exception handler halts.
@@ -41,6 +44,12 @@ fn machine() -> Cpu {
             0
         };
         ram.write_bytes(0x13000 + p * 8, &pte.to_le_bytes());
+    }
+    for (virt, phys) in [(ALIAS, CODE), (ALIAS + 0x1000, LANDING)]
+        .into_iter()
+        .chain([(ALIAS + DATA - CODE, DATA)])
+    {
+        ram.write_bytes(0x13000 + (virt >> 12) * 8, &(phys | 3).to_le_bytes());
     }
     for v in 0..32u64 {
         let mut g = [0u8; 16];
@@ -415,12 +424,17 @@ fn start(rng: &mut StdRng) -> Start {
 }
 
 fn run(cpu: &mut Cpu, s: &Start, budget: u64, flush_tlb: bool) -> Outcome {
+    run_at(cpu, s, budget, flush_tlb, CODE)
+}
+
+/// As [`run`], entering the code at `rip`.
+fn run_at(cpu: &mut Cpu, s: &Start, budget: u64, flush_tlb: bool, rip: u64) -> Outcome {
     let ram = &cpu.space.ram;
     ram.write_bytes(DATA, &s.data);
     ram.write_bytes(STACK, &s.stack);
     cpu.gpr = s.gpr;
     cpu.flags.set(s.flags | 2);
-    cpu.rip = CODE;
+    cpu.rip = rip;
     cpu.halted = false;
     cpu.shutdown = false;
     cpu.last_exception = None;
@@ -542,6 +556,55 @@ fn translated_blocks_match_the_interpreter() {
     let jit = random_blocks(0x7e57_0001, 3000, |_| {});
     let n = jit.jit_blocks();
     assert!(n > 3000, "only {n} blocks translated");
+}
+
+/// One translation serves every block decoded from the same bytes: code
+/// translated at CODE and then run at ALIAS (the same physical page) runs
+/// the translation made at CODE, with the interpreter's results at ALIAS
+/// (its branches, RIP-relative operands, return addresses and faults are
+/// ALIAS's).
+#[test]
+fn translations_serve_every_virtual_address_of_their_code() {
+    let codes = codes();
+    let (mut reference, mut jit) = pair();
+    let mut rng = StdRng::seed_from_u64(0x7e57_0005);
+    let mut shared = 0;
+    let iters = 1500;
+    for it in 0..iters {
+        let (code, n) = random_block(&mut rng, &codes);
+        let budget = n as u64 + 8;
+        for cpu in [&mut reference, &mut jit] {
+            cpu.space.ram.write_bytes(CODE, &[0xf4; 0x1000]);
+            cpu.space.ram.write_bytes(CODE, &code);
+            cpu.cache.clear();
+        }
+        let s = start(&mut rng);
+        // The first run interprets and translates, the second runs the
+        // translations.
+        run_at(&mut jit, &s, budget, true, CODE);
+        run_at(&mut jit, &s, budget, false, CODE);
+        let before = jit.cache.adopted;
+        let want = run_at(&mut reference, &s, budget, true, ALIAS);
+        let got = run_at(&mut jit, &s, budget, rng.gen_bool(0.5), ALIAS);
+        if jit.cache.adopted > before {
+            shared += 1;
+        }
+        assert!(
+            want == got,
+            "iteration {it}: translated code differs at the alias\n{}\ninterp rip={:#x} exc={:?} n={}\njit    rip={:#x} exc={:?} n={}",
+            disasm(&code),
+            want.rip,
+            want.exception,
+            want.icount,
+            got.rip,
+            got.exception,
+            got.icount,
+        );
+    }
+    assert!(
+        shared > iters * 95 / 100,
+        "only {shared} of {iters} runs at the alias used the translations made at CODE"
+    );
 }
 
 /// With little code memory the translator starts afresh again and again
