@@ -992,10 +992,9 @@ impl Cpu {
         if let Some(j) = self.jit.as_mut() {
             // A panic in the code generator must not take the VM down: the
             // block just stays interpreted.
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                j.compile(&b.insns, smp)
-            }))
-            .unwrap_or_else(|_| Err("code generator panicked".into()));
+            let r =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| j.compile(&b.insns, smp)))
+                    .unwrap_or_else(|_| Err("code generator panicked".into()));
             match r {
                 Ok((code, links)) => {
                     let t = Translation {

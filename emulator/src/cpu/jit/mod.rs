@@ -35,6 +35,8 @@ use cranelift_module::{default_libcall_names, Module};
 use iced_x86::{Mnemonic as M, OpKind, Register};
 use std::mem::offset_of;
 
+mod sse;
+
 /// The way into translated code from Rust: runs `code` for the decoded
 /// block at `block` (and the blocks it chains to) on the CPU; returns
 /// [`EARLY`] or 0.
@@ -363,6 +365,9 @@ const B_CODE: i32 = offset_of!(super::exec::Block, code) as i32;
 const B_LINKS: i32 = offset_of!(super::exec::Block, links) as i32;
 const B_BASE: i32 = offset_of!(super::exec::Block, base) as i32;
 const B_INSNS: i32 = offset_of!(super::exec::Block, insns_ptr) as i32;
+const XMM: i32 = offset_of!(Cpu, xmm) as i32;
+const CR0: i32 = offset_of!(Cpu, cr0) as i32;
+const CR4: i32 = offset_of!(Cpu, cr4) as i32;
 const INSN_SIZE: i64 = std::mem::size_of::<Insn>() as i64;
 const ICOUNT: i32 = offset_of!(Cpu, icount) as i32;
 const LAST: i32 = offset_of!(Cpu, jit_last) as i32;
@@ -488,6 +493,9 @@ fn native(d: &Insn, smp: bool) -> bool {
     {
         return false;
     }
+    if sse::native(d) {
+        return true;
+    }
     let s = d.osize;
     let sized = matches!(s, 1 | 2 | 4 | 8);
     let n = ins.op_count();
@@ -543,12 +551,14 @@ fn native(d: &Insn, smp: bool) -> bool {
                 && (gpr_op(d, 0) && s == 8 || is_imm(ins.op0_kind()))
         }
         M::Pop => n == 1 && ins.stack_pointer_increment() == 8 && gpr_op(d, 0) && s == 8,
-        M::Jmp => ins.op0_kind() == OpKind::NearBranch64 && canonical(d.imm),
-        M::Call => {
-            ins.op0_kind() == OpKind::NearBranch64
-                && ins.stack_pointer_increment() == -8
-                && canonical(d.imm)
+        M::Jmp if ins.op0_kind() == OpKind::NearBranch64 => canonical(d.imm),
+        M::Call if ins.op0_kind() == OpKind::NearBranch64 => {
+            ins.stack_pointer_increment() == -8 && canonical(d.imm)
         }
+        // Indirect (the target checked at run time).
+        M::Jmp => n == 1 && s == 8 && rm_op(d, 0),
+        M::Call => n == 1 && s == 8 && rm_op(d, 0) && ins.stack_pointer_increment() == -8,
+        M::Bswap => gpr_op(d, 0) && matches!(s, 4 | 8),
         M::Ret => n == 0 && ins.stack_pointer_increment() == 8,
         m if JCC.contains(&m) => ins.op0_kind() == OpKind::NearBranch64 && canonical(d.imm),
         m if SETCC.contains(&m) => n == 1 && rm_op(d, 0),
@@ -601,6 +611,9 @@ struct Tx<'f> {
     top: Block,
     /// The shared end of side exits, once made.
     exit_tail: Option<Block>,
+    /// SSE instructions may run: checked since the last interpreted
+    /// instruction (see [`sse`]).
+    sse_ok: bool,
 }
 
 /// A native branch that ends the block.
@@ -658,6 +671,7 @@ impl<'f> Tx<'f> {
             start,
             top,
             exit_tail: None,
+            sse_ok: false,
         }
     }
 
@@ -1393,6 +1407,8 @@ impl<'f> Tx<'f> {
                 let st = self.b.inst_results(call)[0];
                 self.state = [RegState::Unloaded; 16];
                 self.lazy = None;
+                // It may have changed CR0 or CR4.
+                self.sse_ok = false;
                 let out = self.side();
                 let cont = self.side();
                 self.b.ins().brif(st, out, &[], cont, &[]);
@@ -1524,12 +1540,39 @@ impl<'f> Tx<'f> {
         self.b.switch_to_block(merge);
     }
 
+    /// Continues if branch target `t` is canonical; else has the
+    /// interpreter run the instruction (which raises #GP) and leaves.
+    fn canonical_or_interpret(&mut self, t: Value) {
+        let sh = self.b.ins().ishl_imm_s(t, 16);
+        let ext = self.b.ins().sshr_imm_s(sh, 16);
+        let ok = self.b.ins().icmp(IntCC::Equal, ext, t);
+        let bad = self.side();
+        let good = self.side();
+        self.b.ins().brif(ok, good, &[], bad, &[]);
+        self.b.switch_to_block(bad);
+        self.spill();
+        let f = self.c64(h_interp as *const () as usize as i64);
+        let p = self.insn_ptr(self.at);
+        self.b
+            .ins()
+            .call_indirect(self.sigs.interp, f, &[self.cpu, p]);
+        let n = self.c64(self.at as i64);
+        self.count(n);
+        let v = self.c64(EARLY as i64);
+        self.b.ins().return_(&[v]);
+        self.b.switch_to_block(good);
+    }
+
     /// Emits a native instruction; returns the new RIP if it branches.
     fn native(&mut self, d: &Insn) -> Option<Value> {
         let ins = &d.ins;
         let s = d.osize;
         let mnem = ins.mnemonic();
         let next = ins.next_ip();
+        if sse::native(d) {
+            self.sse(d);
+            return None;
+        }
         match mnem {
             M::Nop => {}
             M::Mov => {
@@ -1702,9 +1745,38 @@ impl<'f> Tx<'f> {
                 self.set_gpr(4, nsp);
                 self.set_reg(ins.op0_register(), v);
             }
-            M::Jmp => {
+            M::Jmp if ins.op0_kind() == OpKind::NearBranch64 => {
                 self.term = Some(Term::Direct(d.imm));
                 return Some(self.addr(d.imm));
+            }
+            M::Jmp => {
+                let t = self.read(d, 0, 8);
+                self.canonical_or_interpret(t);
+                self.term = Some(Term::Indirect(Some(t)));
+                return Some(t);
+            }
+            M::Call if ins.op0_kind() != OpKind::NearBranch64 => {
+                let t = self.read(d, 0, 8);
+                self.canonical_or_interpret(t);
+                let ret = self.addr(next);
+                let sp = self.gpr(4);
+                let nsp = self.b.ins().iadd_imm_s(sp, -8);
+                self.store(nsp, 8, ret, ins.ip());
+                self.set_gpr(4, nsp);
+                self.term = Some(Term::Indirect(Some(t)));
+                return Some(t);
+            }
+            M::Bswap => {
+                let r = ins.op0_register();
+                let v = self.reg(r);
+                let v = if s == 4 {
+                    let n = self.b.ins().ireduce(types::I32, v);
+                    let n = self.b.ins().bswap(n);
+                    self.b.ins().uextend(types::I64, n)
+                } else {
+                    self.b.ins().bswap(v)
+                };
+                self.set_reg(r, v);
             }
             M::Call => {
                 let ret = self.addr(next);
@@ -1718,26 +1790,9 @@ impl<'f> Tx<'f> {
             M::Ret => {
                 let sp = self.gpr(4);
                 let t = self.load(sp, 8, ins.ip());
-                let sh = self.b.ins().ishl_imm_s(t, 16);
-                let ext = self.b.ins().sshr_imm_s(sh, 16);
-                let ok = self.b.ins().icmp(IntCC::Equal, ext, t);
-                let bad = self.side();
-                let good = self.side();
-                self.b.ins().brif(ok, good, &[], bad, &[]);
                 // A non-canonical return address: the interpreter raises
                 // #GP with RSP unchanged.
-                self.b.switch_to_block(bad);
-                self.spill();
-                let f = self.c64(h_interp as *const () as usize as i64);
-                let p = self.insn_ptr(self.at);
-                self.b
-                    .ins()
-                    .call_indirect(self.sigs.interp, f, &[self.cpu, p]);
-                let n = self.c64(self.at as i64);
-                self.count(n);
-                let v = self.c64(EARLY as i64);
-                self.b.ins().return_(&[v]);
-                self.b.switch_to_block(good);
+                self.canonical_or_interpret(t);
                 let nsp = self.b.ins().iadd_imm_s(sp, 8);
                 self.set_gpr(4, nsp);
                 self.term = Some(Term::Indirect(Some(t)));

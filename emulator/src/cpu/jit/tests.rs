@@ -77,6 +77,7 @@ fn machine() -> Cpu {
     cpu.gdtr.limit = 23;
     cpu.idtr.base = IDT;
     cpu.idtr.limit = 32 * 16 - 1;
+    cpu.cr4 |= crate::cpu::cr4::OSFXSR;
     cpu.flush_tlb(false);
     cpu
 }
@@ -194,6 +195,13 @@ fn operand(rng: &mut StdRng, k: K) -> Option<Op> {
         K::imm32 => Op::Imm(imm(rng, 32) & 0xffff_ffff),
         K::imm32sex64 => Op::Imm(imm(rng, 32)),
         K::imm64 => Op::Imm(imm(rng, 64)),
+        K::xmm_reg | K::xmm_rm => Op::Reg(Register::XMM0 + rng.gen_range(0..16)),
+        K::xmm_or_mem if rng.gen_bool(0.4) => {
+            // Mostly 16-byte aligned, as SSE operands must be.
+            let disp = rng.gen_range(-1i64..0xff) * 16 + rng.gen_range(0..4) * rng.gen_range(0..2);
+            Op::Mem(MemoryOperand::with_base_displ(Register::R15, disp))
+        }
+        K::xmm_or_mem => Op::Reg(Register::XMM0 + rng.gen_range(0..16)),
         _ => return None,
     })
 }
@@ -290,12 +298,71 @@ fn codes() -> Vec<Code> {
         M::Stc,
         M::Clc,
         M::Cmc,
+        M::Jmp,
+        M::Call,
+        M::Movdqa,
+        M::Movdqu,
+        M::Movaps,
+        M::Movups,
+        M::Movapd,
+        M::Movupd,
+        M::Pxor,
+        M::Por,
+        M::Pand,
+        M::Pandn,
+        M::Xorps,
+        M::Xorpd,
+        M::Orps,
+        M::Andps,
+        M::Andnps,
+        M::Paddb,
+        M::Paddw,
+        M::Paddd,
+        M::Paddq,
+        M::Psubb,
+        M::Psubw,
+        M::Psubd,
+        M::Psubq,
+        M::Pcmpeqb,
+        M::Pcmpeqw,
+        M::Pcmpeqd,
+        M::Pcmpgtb,
+        M::Pcmpgtw,
+        M::Pcmpgtd,
+        M::Pminub,
+        M::Pmaxub,
+        M::Pminsw,
+        M::Pmaxsw,
+        M::Punpcklbw,
+        M::Punpcklwd,
+        M::Punpckldq,
+        M::Punpcklqdq,
+        M::Punpckhbw,
+        M::Punpckhwd,
+        M::Punpckhdq,
+        M::Punpckhqdq,
+        M::Pshufd,
+        M::Pslldq,
+        M::Psrldq,
+        M::Pmovmskb,
+        M::Movd,
+        M::Movq,
+        M::Pshufb,
     ];
     Code::values()
         .filter(|c| wanted.contains(&c.mnemonic()))
         .filter(|c| {
             let o = c.op_code();
             o.mode64() && o.encoding() == iced_x86::EncodingKind::Legacy
+        })
+        // Near branches other than indirect ones end blocks: the
+        // terminator makes those.
+        .filter(|c| {
+            !matches!(c.mnemonic(), M::Jmp | M::Call)
+                || matches!(
+                    c.op_code().op_kind(0),
+                    K::r64_or_mem | K::r64_reg | K::r64_rm
+                )
         })
         .collect()
 }
@@ -374,6 +441,7 @@ fn random_block(rng: &mut StdRng, codes: &[Code]) -> (Vec<u8>, usize) {
 #[derive(Debug, PartialEq, Eq)]
 struct Outcome {
     gpr: [u64; 16],
+    xmm: [u128; 16],
     rip: u64,
     flags: u64,
     data: Vec<u8>,
@@ -386,6 +454,9 @@ struct Outcome {
 
 struct Start {
     gpr: [u64; 16],
+    xmm: [u128; 16],
+    /// CR0.TS set (SSE instructions raise #NM).
+    ts: bool,
     flags: u64,
     data: Vec<u8>,
     stack: Vec<u8>,
@@ -403,6 +474,18 @@ fn start(rng: &mut StdRng) -> Start {
         gpr[13] = v;
     }
     gpr[15] = DATA;
+    // Some registers hold places an indirect branch may go to.
+    // (Not RSP, R14 or R15.)
+    for _ in 0..rng.gen_range(0..3) {
+        let r = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13][rng.gen_range(0..13)];
+        gpr[r] = LANDING + rng.gen_range(0..0x1000);
+    }
+    let xmm = std::array::from_fn(|_| match rng.gen_range(0..4) {
+        0 => 0,
+        1 => u128::MAX << rng.gen_range(0..128),
+        _ => rng.gen(),
+    });
+    let ts = rng.gen_bool(0.05);
     let data: Vec<u8> = (0..0x1000).map(|_| rng.gen()).collect();
     // Return addresses: mostly into the landing area.
     let mut stack = vec![0u8; 0x1000];
@@ -417,6 +500,8 @@ fn start(rng: &mut StdRng) -> Start {
     let flags = rng.gen::<u64>() & (crate::cpu::flags::ARITH | crate::cpu::flags::DF);
     Start {
         gpr,
+        xmm,
+        ts,
         flags,
         data,
         stack,
@@ -433,6 +518,12 @@ fn run_at(cpu: &mut Cpu, s: &Start, budget: u64, flush_tlb: bool, rip: u64) -> O
     ram.write_bytes(DATA, &s.data);
     ram.write_bytes(STACK, &s.stack);
     cpu.gpr = s.gpr;
+    cpu.xmm = s.xmm;
+    cpu.cr0 = if s.ts {
+        cpu.cr0 | crate::cpu::cr0::TS
+    } else {
+        cpu.cr0 & !crate::cpu::cr0::TS
+    };
     cpu.flags.set(s.flags | 2);
     cpu.rip = rip;
     cpu.halted = false;
@@ -457,6 +548,7 @@ fn run_at(cpu: &mut Cpu, s: &Start, budget: u64, flush_tlb: bool, rip: u64) -> O
     cpu.space.ram.read_bytes(STACK, &mut stack);
     Outcome {
         gpr: cpu.gpr,
+        xmm: cpu.xmm,
         rip: cpu.rip,
         flags: cpu.flags.get(),
         data,
