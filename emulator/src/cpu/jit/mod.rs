@@ -285,6 +285,7 @@ struct Sigs {
     interp: SigRef,
     lookup: SigRef,
     cond: SigRef,
+    set_flags: SigRef,
 }
 
 impl Sigs {
@@ -301,6 +302,7 @@ impl Sigs {
             interp: b.import_signature(mk(&[I64, I64], I32)),
             lookup: b.import_signature(mk(&[I64], I64)),
             cond: b.import_signature(mk(&[I64, I32], I32)),
+            set_flags: b.import_signature(mk(&[I64, I64, I64], I32)),
         }
     }
 }
@@ -345,6 +347,14 @@ unsafe extern "C" fn h_lookup(cpu: *mut Cpu) -> u64 {
 }
 
 /// Evaluates condition code `cc` from the flags in memory.
+/// Sets the arithmetic flags in `mask` to those of `v` (the others stay).
+unsafe extern "C" fn h_set_flags(cpu: *mut Cpu, v: u64, mask: u64) -> u32 {
+    // SAFETY: as in `h_interp`.
+    let c = unsafe { &mut *cpu };
+    c.flags.set_masked(v, mask);
+    0
+}
+
 unsafe extern "C" fn h_cond(cpu: *mut Cpu, cc: u32) -> u32 {
     // SAFETY: as in `h_interp`.
     let c = unsafe { &*cpu };
@@ -533,6 +543,15 @@ fn native(d: &Insn, smp: bool) -> bool {
         {
             true
         }
+        // By a non-zero immediate count.
+        M::Rol | M::Ror => {
+            n == 2
+                && sized
+                && rm_op(d, 0)
+                && is_imm(ins.op1_kind())
+                && d.imm & if s == 8 { 63 } else { 31 } != 0
+        }
+        M::Bsf | M::Bsr => n == 2 && matches!(s, 2 | 4 | 8) && gpr_op(d, 0) && rm_op(d, 1),
         M::Shl | M::Shr | M::Sar => {
             if !(n == 2 && sized && rm_op(d, 0) && is_imm(ins.op1_kind())) {
                 return false;
@@ -824,6 +843,32 @@ impl<'f> Tx<'f> {
                 self.b.ins().store(t, l.aux, cpu, F_AUX);
             }
         }
+    }
+
+    /// Sets the arithmetic flags in `mask` to those of `v`, keeping the
+    /// others (which become eager in memory).
+    fn set_flags(&mut self, v: Value, mask: u64) {
+        if self.lazy_dirty {
+            if let Some(l) = self.lazy {
+                let t = MemFlagsData::trusted();
+                let op = self.b.ins().iconst(types::I8, l.op as u8 as i64);
+                let size = self.b.ins().iconst(types::I8, l.size as i64);
+                let cpu = self.cpu;
+                self.b.ins().store(t, op, cpu, F_OP);
+                self.b.ins().store(t, size, cpu, F_SIZE);
+                self.b.ins().store(t, l.dst, cpu, F_DST);
+                self.b.ins().store(t, l.src, cpu, F_SRC);
+                self.b.ins().store(t, l.res, cpu, F_RES);
+                self.b.ins().store(t, l.aux, cpu, F_AUX);
+            }
+        }
+        let f = self.c64(h_set_flags as *const () as usize as i64);
+        let m = self.c64(mask as i64);
+        self.b
+            .ins()
+            .call_indirect(self.sigs.set_flags, f, &[self.cpu, v, m]);
+        self.lazy = None;
+        self.lazy_dirty = false;
     }
 
     /// Spills on the main path: memory is up to date afterwards.
@@ -1684,6 +1729,70 @@ impl<'f> Tx<'f> {
                     FlagOp::Dec
                 };
                 self.set_lazy(op, s, a, a, r, cf);
+                return None;
+            }
+            M::Rol | M::Ror => {
+                let cnt = (d.imm & if s == 8 { 63 } else { 31 }) as u32;
+                let w = s as u32 * 8;
+                let l = self.loc(d, 0);
+                let v = self.read_loc(d, l, s);
+                let nv = self.narrow(v, s);
+                let t = (cnt % w) as i64;
+                let nr = if mnem == M::Rol {
+                    self.b.ins().rotl_imm_s(nv, t)
+                } else {
+                    self.b.ins().rotr_imm_s(nv, t)
+                };
+                let r = if s < 8 {
+                    self.b.ins().uextend(types::I64, nr)
+                } else {
+                    nr
+                };
+                self.write_loc(d, l, s, r);
+                let msb_v = self.b.ins().ushr_imm_s(v, w as i64 - 1);
+                let (cf, other) = if mnem == M::Rol {
+                    let cf = self.b.ins().band_imm_s(r, 1);
+                    (cf, self.b.ins().ushr_imm_s(v, w as i64 - 2))
+                } else {
+                    (self.b.ins().ushr_imm_s(r, w as i64 - 1), v)
+                };
+                let of = self.b.ins().bxor(msb_v, other);
+                let of = self.b.ins().band_imm_s(of, 1);
+                let of = self.b.ins().ishl_imm_s(of, 11);
+                let f = self.b.ins().bor(cf, of);
+                // By an immediate count other than 1 into a register the
+                // undefined OF stays as it was (as the interpreter does).
+                let keep_of = cnt != 1 && matches!(l, Loc::Reg(_));
+                let mask = if keep_of { 1 } else { 1 | 1 << 11 };
+                self.set_flags(f, mask);
+                return None;
+            }
+            M::Bsf | M::Bsr => {
+                let v = self.read(d, 1, s);
+                let idx = if mnem == M::Bsf {
+                    self.b.ins().ctz(v)
+                } else {
+                    let z = self.b.ins().clz(v);
+                    let c = self.c64(63);
+                    self.b.ins().isub(c, z)
+                };
+                let dst = ins.op0_register();
+                let zero = self.b.ins().icmp_imm_s(IntCC::Equal, v, 0);
+                if let Some((i, _, _)) = gpr_of(dst) {
+                    // A zero source leaves the destination as it was.
+                    let old = self.gpr(i);
+                    self.set_reg(dst, idx);
+                    let new = self.gpr(i);
+                    let kept = self.b.ins().select(zero, old, new);
+                    self.set_gpr(i, kept);
+                }
+                // ZF for a zero source, PF from the index, the other flags
+                // clear: the flags of a 16-bit logic result of 0, or of the
+                // index with bit 8 set.
+                let marked = self.b.ins().bor_imm_s(idx, 0x100);
+                let z64 = self.c64(0);
+                let res = self.b.ins().select(zero, z64, marked);
+                self.set_lazy(FlagOp::Logic, 2, z64, z64, res, z64);
                 return None;
             }
             M::Shl | M::Shr | M::Sar if ins.op1_kind() == OpKind::Register => {

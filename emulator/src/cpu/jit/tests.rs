@@ -290,6 +290,8 @@ fn codes() -> Vec<Code> {
         M::Rol,
         M::Ror,
         M::Bt,
+        M::Bsf,
+        M::Bsr,
         M::Bswap,
         M::Cqo,
         M::Cdq,
