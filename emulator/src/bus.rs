@@ -37,7 +37,14 @@ pub struct Bus {
     /// Takes accesses no device (and, on the memory bus, no RAM) claims,
     /// with the absolute address as offset: PCI's subtractive decode.
     fallback: Option<SharedDevice>,
+    /// No device lies in `gap.0..gap.1` (the RAM between the devices below
+    /// 1 MiB and those near 4 GiB), so lookups there are skipped. Empty
+    /// until a device is inserted.
+    gap: (u64, u64),
 }
+
+/// Where [`Bus::gap`] starts looking.
+const GAP_FROM: u64 = 1 << 20;
 
 impl Bus {
     /// An empty bus.
@@ -62,6 +69,21 @@ impl Bus {
         }
         let pos = self.entries.partition_point(|e| e.base < base);
         self.entries.insert(pos, Entry { base, len, dev });
+        let lo = self
+            .entries
+            .iter()
+            .filter(|e| e.base < GAP_FROM)
+            .map(|e| e.base.saturating_add(e.len))
+            .max()
+            .unwrap_or(0);
+        let hi = self
+            .entries
+            .iter()
+            .filter(|e| e.base >= GAP_FROM)
+            .map(|e| e.base)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.gap = (lo, hi);
         Ok(())
     }
 
@@ -86,7 +108,11 @@ impl Bus {
     }
 
     /// True if a device claims `addr`.
+    #[inline]
     pub fn contains(&self, addr: u64) -> bool {
+        if addr >= self.gap.0 && addr < self.gap.1 {
+            return false;
+        }
         self.find(addr).is_some()
     }
 
@@ -208,6 +234,43 @@ mod tests {
         assert_eq!(bus.read_value(0x14, 1), 0xff);
         bus.write_value(0x20, 1, 0x40);
         assert_eq!(bus.read_value(0x20, 1), 0x40);
+    }
+
+    /// The skipped gap between low and high devices never hides one.
+    #[test]
+    fn contains_agrees_with_the_device_ranges() {
+        let mut bus = Bus::new();
+        let ranges = [
+            (0xa0000u64, 0x20000u64),
+            (0xf0000, 0x20000),
+            (0x0800_0000, 0x1000),
+            (0xfec0_0000, 0x1000),
+            (0xfffc_0000, 0x40000),
+        ];
+        for (b, l) in ranges {
+            bus.insert(b, l, Arc::new(Mutex::new(Reg(0)))).unwrap();
+        }
+        let probe = [
+            0,
+            0x9ffff,
+            0xa0000,
+            0xfffff,
+            0x100000,
+            0x10ffff,
+            0x110000,
+            0x7ff_ffff,
+            0x800_0000,
+            0x800_0fff,
+            0x800_1000,
+            0xfebf_ffff,
+            0xfec0_0000,
+            0xffff_ffff,
+            0x1_0000_0000,
+        ];
+        for a in probe {
+            let want = ranges.iter().any(|&(b, l)| a >= b && a < b + l);
+            assert_eq!(bus.contains(a), want, "{a:#x}");
+        }
     }
 
     #[test]

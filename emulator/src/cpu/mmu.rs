@@ -46,7 +46,10 @@ pub(crate) struct Tlb {
     /// Entries filled since the last full flush (table × TLB_SIZE + index),
     /// so flushes visit those instead of all six tables: an OS switching
     /// address spaces flushes far more often than it fills the TLB.
+    /// Non-global entries here, global ones in `globals` (so a CR3 write
+    /// visits only the entries it drops).
     used: Vec<u16>,
+    globals: Vec<u16>,
     /// `used` overflowed (entries refilled many times between flushes):
     /// the next flush visits every entry.
     overflow: bool,
@@ -71,6 +74,7 @@ impl Tlb {
         Tlb {
             e: Box::new([[EMPTY; TLB_SIZE]; 6]),
             used: Vec::with_capacity(USED_MAX),
+            globals: Vec::new(),
             overflow: false,
         }
     }
@@ -79,9 +83,17 @@ impl Tlb {
     #[inline]
     fn fill(&mut self, slot: usize, idx: usize, entry: TlbEntry) {
         let e = &mut self.e[slot][idx];
-        if e.tag == INVALID {
-            if self.used.len() < USED_MAX {
-                self.used.push((slot * TLB_SIZE + idx) as u16);
+        // A slot is listed for each kind of entry it held since the last
+        // flush (a global entry replacing a non-global one, or the reverse,
+        // lists it again).
+        if e.tag == INVALID || e.global != entry.global {
+            if self.used.len() + self.globals.len() < USED_MAX {
+                let u = (slot * TLB_SIZE + idx) as u16;
+                if entry.global {
+                    self.globals.push(u);
+                } else {
+                    self.used.push(u);
+                }
             } else {
                 self.overflow = true;
             }
@@ -109,45 +121,50 @@ impl Tlb {
             self.overflow = false;
         } else {
             let used = std::mem::take(&mut self.used);
-            for &u in &used {
+            let globals = std::mem::take(&mut self.globals);
+            for &u in used.iter().chain(&globals) {
                 *self.entry_mut(u) = EMPTY;
             }
             self.used = used;
+            self.globals = globals;
         }
         self.used.clear();
+        self.globals.clear();
     }
 
     /// Drops non-global entries (a CR3 write with CR4.PGE set).
     pub(crate) fn flush_nonglobal(&mut self) {
         if self.overflow {
             self.used.clear();
+            self.globals.clear();
             self.overflow = false;
             for (ti, t) in self.e.iter_mut().enumerate() {
                 for (i, e) in t.iter_mut().enumerate() {
                     if !e.global {
                         *e = EMPTY;
                     } else if e.tag != INVALID {
-                        self.used.push((ti * TLB_SIZE + i) as u16);
+                        self.globals.push((ti * TLB_SIZE + i) as u16);
                     }
                 }
             }
             return;
         }
-        let mut used = std::mem::take(&mut self.used);
-        used.retain(|&u| {
+        let used = std::mem::take(&mut self.used);
+        for &u in &used {
             let e = self.entry_mut(u);
             if e.tag == INVALID {
-                return false;
+                continue;
             }
-            if !e.global {
-                *e = EMPTY;
-                return false;
+            if e.global {
+                // Now holds a global entry: listed there already.
+                continue;
             }
-            true
-        });
-        // A global entry listed twice (refilled after an INVLPG) stays
-        // listed twice: harmless, and bounded by USED_MAX.
+            *e = EMPTY;
+        }
         self.used = used;
+        self.used.clear();
+        // Global entries listed twice (refilled after an INVLPG) stay
+        // listed twice: harmless, and bounded by USED_MAX.
     }
 
     /// Drops the entries for one linear page (INVLPG).
@@ -195,8 +212,11 @@ impl Tlb {
             return;
         }
         let writes = 2 * TLB_SIZE..4 * TLB_SIZE;
-        for i in 0..self.used.len() {
-            let u = self.used[i];
+        for i in 0..self.used.len() + self.globals.len() {
+            let u = match self.used.get(i) {
+                Some(&u) => u,
+                None => self.globals[i - self.used.len()],
+            };
             if writes.contains(&(u as usize)) {
                 let e = self.entry_mut(u);
                 if e.tag != INVALID && e.phys == phys {
@@ -752,6 +772,64 @@ impl Cpu {
             self.tlb.flush_nonglobal();
         } else {
             self.tlb.flush_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(page: u64, global: bool) -> TlbEntry {
+        TlbEntry {
+            tag: page << 12,
+            addend: 0,
+            phys: page << 12,
+            global,
+        }
+    }
+
+    /// A CR3 write drops exactly the non-global entries, whatever kind of
+    /// entry each slot held before (slots change kind between flushes).
+    #[test]
+    fn flush_nonglobal_keeps_exactly_the_global_entries() {
+        let mut t = Tlb::new();
+        let mut want = vec![None; 6 * TLB_SIZE];
+        let mut x = 0x1234_5678u64;
+        for round in 0..200 {
+            for _ in 0..300 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let slot = (x % 6) as usize;
+                let idx = ((x >> 8) as usize) % 64;
+                let global = (x >> 20) & 1 == 1;
+                if (x >> 21).is_multiple_of(16) {
+                    t.flush_page((idx as u64) << 12);
+                    for s in 0..6 {
+                        want[s * TLB_SIZE + idx] = None;
+                    }
+                    continue;
+                }
+                t.fill(slot, idx, entry(idx as u64, global));
+                want[slot * TLB_SIZE + idx] = Some(global);
+            }
+            if round % 10 == 9 {
+                t.flush_all();
+                want.fill(None);
+            } else {
+                t.flush_nonglobal();
+                for w in want.iter_mut() {
+                    if *w == Some(false) {
+                        *w = None;
+                    }
+                }
+            }
+            for (u, w) in want.iter().enumerate() {
+                let e = &t.e[u / TLB_SIZE][u % TLB_SIZE];
+                let got = (e.tag != INVALID).then_some(e.global);
+                assert_eq!(got, *w, "round {round}, entry {u}");
+            }
         }
     }
 }
