@@ -52,6 +52,9 @@ pub(crate) struct Block {
     pub(crate) base: u64,
     /// Physical address of the first instruction.
     phys: u64,
+    /// For an instruction that crosses into the next page: that page's
+    /// physical address (else `u64::MAX`).
+    phys2: u64,
     /// In the cache (not a one-off decode of a page-straddling instruction).
     cached: bool,
     /// Blocks seen to follow this one in the same page: (RIP, block). Both
@@ -82,6 +85,7 @@ impl Block {
             insns_ptr: insns.as_ptr(),
             base: insns.first().map_or(0, |d| d.ins.ip()),
             phys,
+            phys2: u64::MAX,
             insns,
             cached,
             next: Default::default(),
@@ -219,6 +223,11 @@ pub(crate) struct CodeCache {
     /// decoded again from the same bytes takes its translation at once) and
     /// go when the page is written or the translator starts afresh.
     translations: FastMap<u64, Vec<Translation>>,
+    /// Single instructions that cross a page boundary, by the key of their
+    /// first byte; each is listed in `pages` under both of its pages and
+    /// valid while the second page's mapping is the one it was decoded
+    /// from.
+    straddle: FastMap<Key, Arc<Block>>,
     /// Blocks that took a translation made for another (statistics).
     pub(crate) adopted: u64,
 }
@@ -340,6 +349,7 @@ impl CodeCache {
             code_bytes: FastMap::default(),
             graveyard: Vec::new(),
             translations: FastMap::default(),
+            straddle: FastMap::default(),
             adopted: 0,
         }
     }
@@ -429,6 +439,7 @@ impl CodeCache {
         self.jmp_clear();
         self.fast.fill(None);
         self.graveyard.extend(self.map.drain().map(|(_, b)| b));
+        self.graveyard.extend(self.straddle.drain().map(|(_, b)| b));
         self.pages.clear();
         self.code_bytes.clear();
     }
@@ -441,6 +452,9 @@ impl CodeCache {
             self.jmp_clear();
             for k in keys {
                 if let Some(b) = self.map.remove(&k) {
+                    self.graveyard.push(b);
+                }
+                if let Some(b) = self.straddle.remove(&k) {
                     self.graveyard.push(b);
                 }
                 let s = Self::fast_slot(&k);
@@ -679,6 +693,17 @@ impl Cpu {
             self.cache.fast[slot] = Some((key, b.clone()));
             return Ok(p);
         }
+        // The next page, where an instruction crossing out of this one
+        // continues.
+        let lin2 = self.wrap_lin((lin & !0xfff).wrapping_add(0x1000));
+        if let Some(b) = self.cache.straddle.get(&key) {
+            let (p, phys2) = (Arc::as_ptr(b), b.phys2);
+            // The instruction needs the next page: a fault there is the
+            // fault decoding it would raise.
+            if self.fetch_phys(lin2, user)? & !0xfff == phys2 {
+                return Ok(p);
+            }
+        }
         let page = phys & !0xfff;
         let avail = 0x1000 - (phys & 0xfff);
         let in_ram = !self.space.mmio.overlaps(page, 0x1000);
@@ -724,12 +749,34 @@ impl Cpu {
                     break;
                 }
             }
-            let b = Arc::new(Block::new(
-                vec![make_insn(ins, bitness, self.smp)],
-                phys,
-                false,
-                false,
-            ));
+            let mut b = Block::new(vec![make_insn(ins, bitness, self.smp)], phys, false, false);
+            let len = ins.len() as u64;
+            if host.is_some() && len > avail {
+                // From RAM into the next page: cached (as a lone
+                // instruction, never chained or translated) if that page is
+                // RAM too.
+                let phys2 = self.fetch_phys(lin2, user)?;
+                let page2 = phys2 & !0xfff;
+                if !self.space.mmio.overlaps(page2, 0x1000)
+                    && self.space.ram.ptr(page2, 0x1000).is_some()
+                {
+                    b.phys2 = page2;
+                    let b = Arc::new(b);
+                    self.cache.note_code_bytes(phys, avail);
+                    self.cache.note_code_bytes(page2, len - avail);
+                    for pg in [page, page2] {
+                        if self.code.mark(pg) {
+                            self.tlb.flush_phys_writes(pg);
+                            self.code.post_others(self.index, CodeMsg::Protect(pg));
+                        }
+                        self.cache.pages.entry(pg).or_default().push(key);
+                    }
+                    let p = Arc::as_ptr(&b);
+                    self.cache.straddle.insert(key, b);
+                    return Ok(p);
+                }
+            }
+            let b = Arc::new(b);
             let p = Arc::as_ptr(&b);
             self.cache.graveyard.push(b);
             return Ok(p);

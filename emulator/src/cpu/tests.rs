@@ -363,3 +363,70 @@ pub(crate) mod host_fpe {
         HIT.with(|h| h.get())
     }
 }
+
+/// An instruction that crosses a page boundary is decoded once and reused,
+/// yet sees writes to either of its pages and a new mapping of the second.
+#[test]
+fn page_crossing_instruction_follows_its_bytes_and_mappings() {
+    // 32-bit paging: identity over the first 4 MiB.
+    let mut prog = vec![0x90u8; 0x30];
+    let code = [
+        0xb1, 0x03, // 0x1ff0: mov cl, 3
+        0xeb, 0x09, // jmp 0x1ffd
+    ];
+    prog[..4].copy_from_slice(&code);
+    // 0x1ffd: mov eax, 0x11223344 (its last two bytes in the next page)
+    prog[0xd..0x12].copy_from_slice(&[0xb8, 0x44, 0x33, 0x22, 0x11]);
+    let tail = [
+        0x01, 0x05, 0x00, 0x30, 0x00, 0x00, // 0x2002: add [0x3000], eax
+        0xfe, 0x05, 0x01, 0x20, 0x00, 0x00, // inc byte [0x2001] (next page)
+        0xfe, 0x05, 0xff, 0x1f, 0x00, 0x00, // inc byte [0x1fff] (this page)
+        0xfe, 0xc9, // dec cl
+        0x75, 0xe5, // jnz 0x1ffd
+        0xf4, // hlt
+    ];
+    prog[0x12..0x12 + tail.len()].copy_from_slice(&tail);
+    let mut cpu = cpu_with(&prog, 0x1ff0);
+    let space = cpu.space.clone();
+    let ram = &space.ram;
+    ram.write_bytes(0x10000, &(0x11000u32 | 3).to_le_bytes());
+    for p in 0..1024u32 {
+        ram.write_bytes(0x11000 + 4 * p as u64, &((p << 12) | 3).to_le_bytes());
+    }
+    cpu.cr0 |= cr0::PE | cr0::PG;
+    cpu.cr3 = 0x10000;
+    cpu.seg[CS] = Segment::flat32(8, true);
+    cpu.seg[DS] = Segment::flat32(16, false);
+    cpu.seg[SS] = Segment::flat32(16, false);
+    cpu.flush_tlb(false);
+    cpu.rip = 0x1ff0;
+    assert_eq!(cpu.run(1000), CpuExit::Halted);
+    let want = (0..3u32).fold(0u32, |s, i| {
+        s.wrapping_add(0x1122_3344 + i * 0x0100_0000 + i * 0x0100)
+    });
+    assert_eq!(ram.read_u32(0x3000), want);
+    assert_eq!(cpu.gpr[reg::RAX] as u32, 0x1322_3544);
+
+    // A straddling `mov eax, imm32; hlt`, run again after the next page
+    // is mapped elsewhere: the instruction reads the bytes mapped now.
+    let space = cpu.space.clone();
+    let ram = &space.ram;
+    ram.write_bytes(0x1ffd, &[0xb8, 0x44, 0x33]);
+    ram.write_bytes(0x2000, &[0x22, 0x11, 0xf4]);
+    ram.write_bytes(0x5000, &[0x66, 0x55, 0xf4]);
+    cpu.cache.clear();
+    for (phys, want) in [
+        (0x2000u32, 0x1122_3344u32),
+        (0x5000, 0x5566_3344),
+        (0x2000, 0x1122_3344),
+    ] {
+        ram.write_bytes(0x11000 + 4 * 2, &(phys | 3).to_le_bytes());
+        cpu.flush_tlb(false);
+        for _ in 0..2 {
+            cpu.rip = 0x1ffd;
+            cpu.halted = false;
+            assert_eq!(cpu.run(100), CpuExit::Halted);
+            assert_eq!(cpu.gpr[reg::RAX] as u32, want, "next page at {phys:#x}");
+        }
+    }
+}
