@@ -141,6 +141,28 @@ impl Bus {
         }
     }
 
+    /// Reads `buf.len() / size` consecutive `size`-byte values from the
+    /// device at `addr` (the same address each time, as REP INS does),
+    /// looking it up and locking it once.
+    pub fn read_repeated(&self, addr: u64, size: usize, buf: &mut [u8]) {
+        if size == 0 {
+            return;
+        }
+        match self.find(addr) {
+            Some(e) => {
+                let mut dev = lock(&e.dev);
+                for chunk in buf.chunks_mut(size) {
+                    dev.read(addr - e.base, chunk);
+                }
+            }
+            None => {
+                for chunk in buf.chunks_mut(size) {
+                    self.read(addr, chunk);
+                }
+            }
+        }
+    }
+
     /// Reads a value of `size` bytes (1, 2, 4, 8) as a little-endian integer.
     pub fn read_value(&self, addr: u64, size: usize) -> u64 {
         let mut b = [0u8; 8];

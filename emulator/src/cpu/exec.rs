@@ -60,8 +60,9 @@ pub(crate) struct Block {
     /// Blocks seen to follow this one in the same page: (RIP, block). Both
     /// lie in one physical page, so they leave the cache together.
     next: [std::cell::Cell<(u64, *const Block)>; 2],
-    /// 64-bit code (the translator handles only that).
-    mode64: bool,
+    /// The code's bitness if the translator handles it (64, or 32 for
+    /// protected-mode code, translated for flat segments), else 0.
+    jit_bits: u32,
     /// Times run by the interpreter (u32::MAX: never translate).
     hits: std::cell::Cell<u32>,
     /// The translation's entry (tail-call convention), 0 until the block
@@ -80,7 +81,7 @@ unsafe impl Send for Block {}
 unsafe impl Sync for Block {}
 
 impl Block {
-    fn new(insns: Vec<Insn>, phys: u64, cached: bool, mode64: bool) -> Self {
+    fn new(insns: Vec<Insn>, phys: u64, cached: bool, jit_bits: u32) -> Self {
         Block {
             insns_ptr: insns.as_ptr(),
             base: insns.first().map_or(0, |d| d.ins.ip()),
@@ -89,7 +90,7 @@ impl Block {
             insns,
             cached,
             next: Default::default(),
-            mode64,
+            jit_bits,
             hits: std::cell::Cell::new(0),
             code: std::cell::Cell::new(0),
             links: Default::default(),
@@ -133,6 +134,7 @@ type Key = (u64, u64, u32);
 #[derive(Clone, Copy)]
 struct Translation {
     phys: u64,
+    bits: u32,
     code: usize,
     /// Instructions in the block, and which of them are native
     /// ([`super::jit::native_mask`]).
@@ -357,7 +359,7 @@ impl CodeCache {
     /// Gives `b` the translation made for another block decoded from its
     /// bytes, if there is one; true if it did.
     fn adopt(&mut self, b: &Block, smp: bool) -> bool {
-        match self.translation(b.phys, &b.insns, smp) {
+        match self.translation(b.phys, b.jit_bits, &b.insns, smp) {
             Some(t) => {
                 b.adopt(&t);
                 self.adopted += 1;
@@ -369,18 +371,19 @@ impl CodeCache {
 
     /// The translation made for the block at `phys` whose instructions
     /// are `insns`, if any.
-    fn translation(&self, phys: u64, insns: &[Insn], smp: bool) -> Option<Translation> {
+    fn translation(&self, phys: u64, bits: u32, insns: &[Insn], smp: bool) -> Option<Translation> {
         let t = self
             .translations
             .get(&(phys & !0xfff))?
             .iter()
-            .find(|t| t.phys == phys)?;
-        (t.len == insns.len() && t.native == super::jit::native_mask(insns, smp)).then_some(*t)
+            .find(|t| t.phys == phys && t.bits == bits)?;
+        (t.len == insns.len() && t.native == super::jit::native_mask(insns, smp, bits))
+            .then_some(*t)
     }
 
     fn add_translation(&mut self, t: Translation) {
         let v = self.translations.entry(t.phys & !0xfff).or_default();
-        v.retain(|o| o.phys != t.phys);
+        v.retain(|o| o.phys != t.phys || o.bits != t.bits);
         v.push(t);
     }
 
@@ -749,7 +752,7 @@ impl Cpu {
                     break;
                 }
             }
-            let mut b = Block::new(vec![make_insn(ins, bitness, self.smp)], phys, false, false);
+            let mut b = Block::new(vec![make_insn(ins, bitness, self.smp)], phys, false, 0);
             let len = ins.len() as u64;
             if host.is_some() && len > avail {
                 // From RAM into the next page: cached (as a lone
@@ -781,7 +784,8 @@ impl Cpu {
             self.cache.graveyard.push(b);
             return Ok(p);
         }
-        let block = Arc::new(Block::new(insns, phys, true, bitness == 64));
+        let jit_bits = if bitness == 16 { 0 } else { bitness };
+        let block = Arc::new(Block::new(insns, phys, true, jit_bits));
         if self.code.mark(page) {
             self.tlb.flush_phys_writes(page);
             self.code.post_others(self.index, CodeMsg::Protect(page));
@@ -801,7 +805,7 @@ impl Cpu {
                 }
             }
         }
-        if bitness == 64 && self.jit_hot != 0 {
+        if jit_bits != 0 && self.jit_hot != 0 {
             self.cache.adopt(&block, self.smp);
         }
         let p = Arc::as_ptr(&block);
@@ -956,7 +960,7 @@ impl Cpu {
                     }
                     continue;
                 }
-            } else if b.mode64 && self.jit_hot != 0 && b.code.get() == 0 {
+            } else if b.jit_bits != 0 && self.jit_hot != 0 && b.code.get() == 0 {
                 let h = b.hits.get().saturating_add(1);
                 b.hits.set(h);
                 if h == self.jit_hot {
@@ -995,20 +999,27 @@ impl Cpu {
     /// looks it up, decoding if need be). A found block goes into the jump
     /// cache; nothing else changes.
     pub(crate) fn jit_lookup(&mut self) -> usize {
-        if !self.mode64() {
+        let bits = self.bitness();
+        if bits == 16 {
             return 0;
         }
         let user = self.user();
-        let Some(phys) = self.fetch_phys_cached(self.rip, user) else {
+        let lin = self.lin(super::CS, self.rip);
+        let Some(phys) = self.fetch_phys_cached(lin, user) else {
             return 0;
         };
-        let key = (phys, self.rip, 64);
+        let key = (phys, self.rip, bits);
         let (code, block) = match &self.cache.fast[CodeCache::fast_slot(&key)] {
             Some((k, b)) if *k == key => (b.code.get(), Arc::as_ptr(b) as usize),
             _ => (0, 0),
         };
         if code == 0 {
             return 0;
+        }
+        if bits != 64 {
+            // The jump cache serves 64-bit code only (its entries do not
+            // say the mode).
+            return block;
         }
         self.cache.jmp[user as usize][jmp_slot(self.rip)] = JmpEntry {
             rip: self.rip,
@@ -1039,16 +1050,18 @@ impl Cpu {
         if let Some(j) = self.jit.as_mut() {
             // A panic in the code generator must not take the VM down: the
             // block just stays interpreted.
-            let r =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| j.compile(&b.insns, smp)))
-                    .unwrap_or_else(|_| Err("code generator panicked".into()));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                j.compile(&b.insns, smp, b.jit_bits)
+            }))
+            .unwrap_or_else(|_| Err("code generator panicked".into()));
             match r {
                 Ok((code, links)) => {
                     let t = Translation {
                         phys: b.phys,
+                        bits: b.jit_bits,
                         code,
                         len: b.insns.len(),
-                        native: super::jit::native_mask(&b.insns, smp),
+                        native: super::jit::native_mask(&b.insns, smp, b.jit_bits),
                         links,
                     };
                     b.adopt(&t);

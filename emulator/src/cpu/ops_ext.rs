@@ -1115,6 +1115,7 @@ fn string(c: &mut Cpu, d: &Insn, kind: Str) -> R {
         _ => None,
     };
     let bulk_ok = matches!(kind, Str::Movs | Str::Stos) && step == es as u64;
+    let bulk_ins = kind == Str::Ins && step == es as u64;
     let mut budget = REP_BUDGET;
     loop {
         let cnt = st.cx & amask;
@@ -1142,6 +1143,19 @@ fn string(c: &mut Cpu, d: &Insn, kind: Str) -> R {
                 }
             }
         }
+        if bulk_ins && cnt > 1 {
+            match rep_ins_bulk(c, es, amask, cnt, &mut st) {
+                Ok(0) => {}
+                Ok(n) => {
+                    budget = budget.saturating_sub(n as u32);
+                    continue;
+                }
+                Err(e) => {
+                    commit(c, kind, asize, &st, true);
+                    return Err(e);
+                }
+            }
+        }
         if let Err(e) = string_elem(c, kind, es, src_seg, amask, step, &mut st) {
             commit(c, kind, asize, &st, true);
             return Err(e);
@@ -1156,6 +1170,44 @@ fn string(c: &mut Cpu, d: &Insn, kind: Str) -> R {
     }
     commit(c, kind, asize, &st, true);
     Ok(())
+}
+
+/// REP INS upwards, many elements at once: those that fit in the page at
+/// ES:DI (at most 256 and `cnt`), read from the port
+/// under one device lock after the whole destination was checked, so a
+/// fault never loses a value read. Returns the elements done (0: do one the
+/// ordinary way).
+fn rep_ins_bulk(c: &mut Cpu, es: u8, amask: u64, cnt: u64, st: &mut StrRegs) -> R<u64> {
+    let port = c.gpr[reg::RDX] as u16;
+    let di = st.di & amask;
+    let lin = c.lin(ES, di);
+    let size = es as u64;
+    let room = (0x1000 - (lin & 0xfff)) / size;
+    // Not past the end of the address space (DI wraps there).
+    let to_wrap = (amask - di) / size + 1;
+    let n = cnt.min(room).min(to_wrap).min(256);
+    if n < 2 {
+        return Ok(0);
+    }
+    c.check_io(port, es)?;
+    let last = di + (n - 1) * size;
+    c.check_segment(ES, di, es, true)?;
+    c.check_segment(ES, last, es, true)?;
+    let user = c.user();
+    c.translate(lin, Access::Write, user)?;
+    let mut buf = [0u8; 256 * 4];
+    let bytes = (n * size) as usize;
+    c.space
+        .pio
+        .read_repeated(port as u64, es as usize, &mut buf[..bytes]);
+    for (i, v) in buf[..bytes].chunks(es as usize).enumerate() {
+        let mut b = [0u8; 8];
+        b[..v.len()].copy_from_slice(v);
+        c.write_mem(ES, di + i as u64 * size, es, u64::from_le_bytes(b))?;
+    }
+    st.di = st.di.wrapping_add(n * size);
+    st.cx = st.cx.wrapping_sub(n);
+    Ok(n)
 }
 
 /// Writes back the index (and count) registers a string instruction uses.

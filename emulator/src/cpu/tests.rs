@@ -430,3 +430,84 @@ fn page_crossing_instruction_follows_its_bytes_and_mappings() {
         }
     }
 }
+
+fn read_u16(ram: &GuestRam, gpa: u64) -> u16 {
+    let mut b = [0u8; 2];
+    ram.read_bytes(gpa, &mut b);
+    u16::from_le_bytes(b)
+}
+
+/// A port that reads as 0, 1, 2… (16 bits a read).
+struct CountingPort(Arc<std::sync::Mutex<u16>>);
+
+impl vireo_devices::BusDevice for CountingPort {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        let mut n = crate::bus::lock(&self.0);
+        data.copy_from_slice(&n.to_le_bytes()[..data.len()]);
+        *n += 1;
+    }
+    fn write(&mut self, _offset: u64, _data: &[u8]) {}
+}
+
+/// REP INSW into a page that faults part-way: the words before it are
+/// stored, ECX/EDI say where it stopped, and no word read from the port is
+/// lost (the rest arrive once the page is mapped and the instruction runs
+/// again).
+#[test]
+fn rep_ins_stops_at_a_fault_without_losing_data() {
+    let code = [
+        0xbf, 0xf0, 0x2f, 0x00, 0x00, // mov edi, 0x2ff0
+        0xb9, 0x28, 0x00, 0x00, 0x00, // mov ecx, 40
+        0x66, 0xba, 0xf0, 0x01, // mov dx, 0x1f0
+        0xf3, 0x66, 0x6d, // 0x100e: rep insw
+        0xf4, // hlt
+    ];
+    let ram = GuestRam::new(1 << 20).expect("ram");
+    ram.write_bytes(0x1000, &code);
+    ram.write_bytes(0x10000, &(0x11000u32 | 3).to_le_bytes());
+    for p in 0..3u32 {
+        ram.write_bytes(0x11000 + 4 * p as u64, &((p << 12) | 3).to_le_bytes());
+    }
+    let count = Arc::new(std::sync::Mutex::new(0u16));
+    let mut space = AddressSpace::new(ram);
+    space
+        .pio
+        .insert(
+            0x1f0,
+            2,
+            Arc::new(std::sync::Mutex::new(CountingPort(count.clone()))),
+        )
+        .expect("port");
+    let space = Arc::new(space);
+    let mut cpu = Cpu::new(space.clone());
+    cpu.cr0 |= cr0::PE | cr0::PG;
+    cpu.cr3 = 0x10000;
+    cpu.seg[CS] = Segment::flat32(8, true);
+    for s in [DS, ES, SS] {
+        cpu.seg[s] = Segment::flat32(16, false);
+    }
+    cpu.flush_tlb(false);
+    cpu.rip = 0x1000;
+    // No IDT: the page fault ends in a triple fault, leaving the state.
+    assert_eq!(cpu.run(1000), CpuExit::Shutdown);
+    assert_eq!(cpu.cr2, 0x3000);
+    assert_eq!(cpu.gpr[reg::RCX], 32);
+    assert_eq!(cpu.gpr[reg::RDI], 0x3000);
+    assert_eq!(*count.lock().unwrap(), 8);
+    for i in 0..8u64 {
+        assert_eq!(read_u16(&space.ram, 0x2ff0 + 2 * i), i as u16);
+    }
+    space
+        .ram
+        .write_bytes(0x11000 + 4 * 3, &(0x3000u32 | 3).to_le_bytes());
+    cpu.flush_tlb(false);
+    cpu.shutdown = false;
+    cpu.rip = 0x100e;
+    assert_eq!(cpu.run(1000), CpuExit::Halted);
+    assert_eq!(cpu.gpr[reg::RCX], 0);
+    assert_eq!(cpu.gpr[reg::RDI], 0x3040);
+    assert_eq!(*count.lock().unwrap(), 40);
+    for i in 0..40u64 {
+        assert_eq!(read_u16(&space.ram, 0x2ff0 + 2 * i), i as u16, "word {i}");
+    }
+}

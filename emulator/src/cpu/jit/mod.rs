@@ -172,6 +172,7 @@ impl Jit {
         &mut self,
         insns: &[Insn],
         smp: bool,
+        bits: u32,
     ) -> Result<(usize, [Option<u64>; 2]), String> {
         let module = self.module.as_mut().ok_or("no module")?;
         module.clear_context(&mut self.ctx);
@@ -187,7 +188,7 @@ impl Jit {
             b.switch_to_block(entry);
             let (cpu, ctx) = (b.block_params(entry)[0], b.block_params(entry)[1]);
             let start = insns.first().map_or(0, |d| d.ins.ip());
-            let mut t = Tx::new(b, cpu, ctx, sigs, smp, start);
+            let mut t = Tx::new(b, cpu, ctx, sigs, smp, bits, start);
             link_rips = t.block(insns).map(|r| r.map(|r| r.wrapping_sub(start)));
             t.b.seal_all_blocks();
             t.b.finalize(cfg);
@@ -395,6 +396,14 @@ const F_SRC: i32 = (offset_of!(Cpu, flags) + offset_of!(Flags, src)) as i32;
 const F_RES: i32 = (offset_of!(Cpu, flags) + offset_of!(Flags, res)) as i32;
 const F_AUX: i32 = (offset_of!(Cpu, flags) + offset_of!(Flags, aux)) as i32;
 
+fn seg_limit(s: usize) -> i32 {
+    (offset_of!(Cpu, seg) + s * std::mem::size_of::<Segment>() + offset_of!(Segment, limit)) as i32
+}
+
+fn seg_attr(s: usize) -> i32 {
+    (offset_of!(Cpu, seg) + s * std::mem::size_of::<Segment>() + offset_of!(Segment, attr)) as i32
+}
+
 fn seg_base(s: usize) -> i32 {
     (offset_of!(Cpu, seg) + s * std::mem::size_of::<Segment>() + offset_of!(Segment, base)) as i32
 }
@@ -481,20 +490,46 @@ fn canonical(a: u64) -> bool {
 /// for instruction `i`): a translation made for one decoding of the bytes
 /// serves another only if this agrees (near branches to non-canonical
 /// targets are left to the interpreter).
-pub(crate) fn native_mask(insns: &[Insn], smp: bool) -> u64 {
+pub(crate) fn native_mask(insns: &[Insn], smp: bool, bits: u32) -> u64 {
     insns
         .iter()
         .enumerate()
         .take(64)
-        .fold(0, |m, (i, d)| m | (native(d, smp) as u64) << i)
+        .fold(0, |m, (i, d)| m | (native(d, smp, bits) as u64) << i)
 }
 
-/// Whether the translator emits `d` itself (else it calls the interpreter).
-fn native(d: &Insn, smp: bool) -> bool {
+/// Whether the translator emits `d` itself (else it calls the interpreter),
+/// in code of `bits` (64, or 32 with flat segments).
+fn native(d: &Insn, smp: bool, bits: u32) -> bool {
     let ins = &d.ins;
     if smp && super::atomic::is_locked(ins) {
         return false;
     }
+    if bits == 32 {
+        // Only DS, ES and SS, which the flat check covers, address memory.
+        let n = ins.op_count();
+        if (0..n).any(|i| is_mem(ins.op_kind(i)))
+            && !matches!(
+                ins.memory_segment(),
+                Register::DS | Register::ES | Register::SS
+            )
+        {
+            return false;
+        }
+    }
+    native_common(d, bits)
+}
+
+/// [`native`] after the mode's own checks.
+fn native_common(d: &Insn, bits: u32) -> bool {
+    let ins = &d.ins;
+    // Stack slots and branch targets are words of the mode.
+    let (w, near) = if bits == 64 {
+        (8u8, OpKind::NearBranch64)
+    } else {
+        (4u8, OpKind::NearBranch32)
+    };
+    let wi = w as i32;
     if ins.has_lock_prefix()
         && !matches!(
             ins.mnemonic(),
@@ -566,20 +601,20 @@ fn native(d: &Insn, smp: bool) -> bool {
         }
         M::Push => {
             n == 1
-                && ins.stack_pointer_increment() == -8
-                && (gpr_op(d, 0) && s == 8 || is_imm(ins.op0_kind()))
+                && ins.stack_pointer_increment() == -wi
+                && (gpr_op(d, 0) && s == w || is_imm(ins.op0_kind()))
         }
-        M::Pop => n == 1 && ins.stack_pointer_increment() == 8 && gpr_op(d, 0) && s == 8,
-        M::Jmp if ins.op0_kind() == OpKind::NearBranch64 => canonical(d.imm),
-        M::Call if ins.op0_kind() == OpKind::NearBranch64 => {
-            ins.stack_pointer_increment() == -8 && canonical(d.imm)
+        M::Pop => n == 1 && ins.stack_pointer_increment() == wi && gpr_op(d, 0) && s == w,
+        M::Jmp if ins.op0_kind() == near => bits != 64 || canonical(d.imm),
+        M::Call if ins.op0_kind() == near => {
+            ins.stack_pointer_increment() == -wi && (bits != 64 || canonical(d.imm))
         }
         // Indirect (the target checked at run time).
-        M::Jmp => n == 1 && s == 8 && rm_op(d, 0),
-        M::Call => n == 1 && s == 8 && rm_op(d, 0) && ins.stack_pointer_increment() == -8,
+        M::Jmp => n == 1 && s == w && rm_op(d, 0),
+        M::Call => n == 1 && s == w && rm_op(d, 0) && ins.stack_pointer_increment() == -wi,
         M::Bswap => gpr_op(d, 0) && matches!(s, 4 | 8),
-        M::Ret => n == 0 && ins.stack_pointer_increment() == 8,
-        m if JCC.contains(&m) => ins.op0_kind() == OpKind::NearBranch64 && canonical(d.imm),
+        M::Ret => n == 0 && ins.stack_pointer_increment() == wi,
+        m if JCC.contains(&m) => ins.op0_kind() == near && (bits != 64 || canonical(d.imm)),
         m if SETCC.contains(&m) => n == 1 && rm_op(d, 0),
         m if CMOVCC.contains(&m) => n == 2 && matches!(s, 2 | 4 | 8) && gpr_op(d, 0) && rm_op(d, 1),
         _ => false,
@@ -633,6 +668,12 @@ struct Tx<'f> {
     /// SSE instructions may run: checked since the last interpreted
     /// instruction (see [`sse`]).
     sse_ok: bool,
+    /// The code's bitness: 64, or 32 (protected mode, translated for flat
+    /// segments).
+    bits: u32,
+    /// 32-bit code: the segments were found flat since the last
+    /// interpreted instruction (see [`Tx::flat_guard`]).
+    flat_ok: bool,
 }
 
 /// A native branch that ends the block.
@@ -654,6 +695,7 @@ impl<'f> Tx<'f> {
         ctx: Value,
         sigs: Sigs,
         smp: bool,
+        bits: u32,
         start: u64,
     ) -> Self {
         let trusted = MemFlagsData::trusted();
@@ -691,6 +733,8 @@ impl<'f> Tx<'f> {
             top,
             exit_tail: None,
             sse_ok: false,
+            bits,
+            flat_ok: false,
         }
     }
 
@@ -702,7 +746,88 @@ impl<'f> Tx<'f> {
     /// at the same offset from its first RIP.
     fn addr(&mut self, a: u64) -> Value {
         let off = a.wrapping_sub(self.start) as i64;
-        self.b.ins().iadd_imm_s(self.base, off)
+        let v = self.b.ins().iadd_imm_s(self.base, off);
+        if self.bits == 32 {
+            self.zext(v, 4)
+        } else {
+            v
+        }
+    }
+
+    /// The size of a stack slot and of a near branch target.
+    fn word(&self) -> u8 {
+        if self.bits == 64 {
+            8
+        } else {
+            4
+        }
+    }
+
+    /// `sp` moved by `delta`, wrapped to the stack's size.
+    fn sp_add(&mut self, sp: Value, delta: i64) -> Value {
+        let v = self.b.ins().iadd_imm_s(sp, delta);
+        if self.bits == 32 {
+            self.zext(v, 4)
+        } else {
+            v
+        }
+    }
+
+    /// The stack pointer as an address.
+    fn sp_addr(&mut self) -> Value {
+        let sp = self.gpr(4);
+        if self.bits == 32 {
+            self.zext(sp, 4)
+        } else {
+            sp
+        }
+    }
+
+    /// 32-bit code: leaves for the interpreter before the instruction at
+    /// `ip` unless CS, DS, ES and SS are flat (base 0, 4 GiB limit; the data
+    /// segments present, writable and expand-up, SS 32-bit): what translated
+    /// 32-bit code assumes, checked at its start and after every
+    /// interpreted instruction (which may load a segment).
+    fn flat_guard(&mut self, ip: u64) {
+        if self.bits != 32 || self.flat_ok {
+            return;
+        }
+        use super::{CS, DS, ES, SS};
+        let t = MemFlagsData::trusted();
+        let mut bad: Option<Value> = None;
+        for s in [CS, DS, ES, SS] {
+            let base = self.b.ins().load(types::I64, t, self.cpu, seg_base(s));
+            let lim = self.b.ins().load(types::I32, t, self.cpu, seg_limit(s));
+            let lim = self.b.ins().uextend(types::I64, lim);
+            let lim = self.b.ins().bnot(lim);
+            let lim = self.zext(lim, 4);
+            let mut x = self.b.ins().bor(base, lim);
+            if s != CS {
+                let a = self.b.ins().load(types::I16, t, self.cpu, seg_attr(s));
+                let a = self.b.ins().uextend(types::I64, a);
+                let (mask, want) = if s == SS {
+                    (0x9e | super::attr::DB as i64, 0x92 | super::attr::DB as i64)
+                } else {
+                    (0x9e, 0x92)
+                };
+                let a = self.b.ins().band_imm_s(a, mask);
+                let a = self.b.ins().bxor_imm_s(a, want);
+                x = self.b.ins().bor(x, a);
+            }
+            bad = Some(match bad {
+                Some(b) => self.b.ins().bor(b, x),
+                None => x,
+            });
+        }
+        if let Some(bad) = bad {
+            let out = self.side();
+            let go = self.side();
+            self.b.ins().brif(bad, out, &[], go, &[]);
+            self.b.switch_to_block(out);
+            self.side_exit(ip);
+            self.b.switch_to_block(go);
+        }
+        self.flat_ok = true;
     }
 
     /// The address of this block's instruction `i` (for the interpreter).
@@ -978,6 +1103,11 @@ impl<'f> Tx<'f> {
     /// Enters the translated block for `rip` from the jump cache, else as
     /// [`Tx::enter_looked_up`].
     fn enter_cached(&mut self, rip: Value, back: Block) {
+        if self.bits != 64 {
+            // The jump cache holds 64-bit code only.
+            self.enter_looked_up(back);
+            return;
+        }
         let t = MemFlagsData::trusted();
         let hi = self.b.ins().ushr_imm_s(rip, 12);
         let hi = self.b.ins().band_imm_s(hi, 63);
@@ -1433,7 +1563,8 @@ impl<'f> Tx<'f> {
         for (i, d) in insns.iter().enumerate() {
             self.at = i;
             self.term = None;
-            if native(d, self.smp) {
+            if native(d, self.smp, self.bits) {
+                self.flat_guard(d.ins.ip());
                 rip = self.native(d);
                 rip_set = false;
             } else {
@@ -1452,8 +1583,9 @@ impl<'f> Tx<'f> {
                 let st = self.b.inst_results(call)[0];
                 self.state = [RegState::Unloaded; 16];
                 self.lazy = None;
-                // It may have changed CR0 or CR4.
+                // It may have changed CR0, CR4 or a segment.
                 self.sse_ok = false;
+                self.flat_ok = false;
                 let out = self.side();
                 let cont = self.side();
                 self.b.ins().brif(st, out, &[], cont, &[]);
@@ -1583,6 +1715,15 @@ impl<'f> Tx<'f> {
         self.b.ins().jump(merge, &[]);
 
         self.b.switch_to_block(merge);
+    }
+
+    /// Continues if branch target `t` is valid: canonical in 64-bit code
+    /// (else the interpreter runs the instruction, raising #GP, and the
+    /// block ends); within the flat 4 GiB code segment of 32-bit code.
+    fn check_target(&mut self, t: Value) {
+        if self.bits == 64 {
+            self.canonical_or_interpret(t);
+        }
     }
 
     /// Continues if branch target `t` is canonical; else has the
@@ -1840,37 +1981,41 @@ impl<'f> Tx<'f> {
                 self.set_lazy(FlagOp::Mul, s, a, b, lo, ovf);
             }
             M::Push => {
-                let v = self.read(d, 0, 8);
-                let sp = self.gpr(4);
-                let nsp = self.b.ins().iadd_imm_s(sp, -8);
-                self.store(nsp, 8, v, ins.ip());
+                let w = self.word();
+                let v = self.read(d, 0, w);
+                let sp = self.sp_addr();
+                let nsp = self.sp_add(sp, -(w as i64));
+                self.store(nsp, w, v, ins.ip());
                 self.set_gpr(4, nsp);
                 return None;
             }
             M::Pop => {
-                let sp = self.gpr(4);
-                let v = self.load(sp, 8, ins.ip());
-                let nsp = self.b.ins().iadd_imm_s(sp, 8);
+                let w = self.word();
+                let sp = self.sp_addr();
+                let v = self.load(sp, w, ins.ip());
+                let nsp = self.sp_add(sp, w as i64);
                 self.set_gpr(4, nsp);
                 self.set_reg(ins.op0_register(), v);
             }
-            M::Jmp if ins.op0_kind() == OpKind::NearBranch64 => {
+            M::Jmp if matches!(ins.op0_kind(), OpKind::NearBranch64 | OpKind::NearBranch32) => {
                 self.term = Some(Term::Direct(d.imm));
                 return Some(self.addr(d.imm));
             }
             M::Jmp => {
-                let t = self.read(d, 0, 8);
-                self.canonical_or_interpret(t);
+                let w = self.word();
+                let t = self.read(d, 0, w);
+                self.check_target(t);
                 self.term = Some(Term::Indirect(Some(t)));
                 return Some(t);
             }
-            M::Call if ins.op0_kind() != OpKind::NearBranch64 => {
-                let t = self.read(d, 0, 8);
-                self.canonical_or_interpret(t);
+            M::Call if !matches!(ins.op0_kind(), OpKind::NearBranch64 | OpKind::NearBranch32) => {
+                let w = self.word();
+                let t = self.read(d, 0, w);
+                self.check_target(t);
                 let ret = self.addr(next);
-                let sp = self.gpr(4);
-                let nsp = self.b.ins().iadd_imm_s(sp, -8);
-                self.store(nsp, 8, ret, ins.ip());
+                let sp = self.sp_addr();
+                let nsp = self.sp_add(sp, -(w as i64));
+                self.store(nsp, w, ret, ins.ip());
                 self.set_gpr(4, nsp);
                 self.term = Some(Term::Indirect(Some(t)));
                 return Some(t);
@@ -1888,21 +2033,23 @@ impl<'f> Tx<'f> {
                 self.set_reg(r, v);
             }
             M::Call => {
+                let w = self.word();
                 let ret = self.addr(next);
-                let sp = self.gpr(4);
-                let nsp = self.b.ins().iadd_imm_s(sp, -8);
-                self.store(nsp, 8, ret, ins.ip());
+                let sp = self.sp_addr();
+                let nsp = self.sp_add(sp, -(w as i64));
+                self.store(nsp, w, ret, ins.ip());
                 self.set_gpr(4, nsp);
                 self.term = Some(Term::Direct(d.imm));
                 return Some(self.addr(d.imm));
             }
             M::Ret => {
-                let sp = self.gpr(4);
-                let t = self.load(sp, 8, ins.ip());
+                let w = self.word();
+                let sp = self.sp_addr();
+                let t = self.load(sp, w, ins.ip());
                 // A non-canonical return address: the interpreter raises
                 // #GP with RSP unchanged.
-                self.canonical_or_interpret(t);
-                let nsp = self.b.ins().iadd_imm_s(sp, 8);
+                self.check_target(t);
+                let nsp = self.sp_add(sp, w as i64);
                 self.set_gpr(4, nsp);
                 self.term = Some(Term::Indirect(Some(t)));
                 return Some(t);

@@ -98,7 +98,33 @@ const R64: [Register; 13] = [
     Register::R13,
 ];
 
+thread_local! {
+    /// The generator makes 32-bit protected-mode code (ESI and EDI hold
+    /// the index and the data address, as R14 and R15 do in 64-bit code).
+    static MODE32: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn mode32() -> bool {
+    MODE32.with(|m| m.get())
+}
+
 fn reg(rng: &mut StdRng, size: usize) -> Register {
+    if mode32() {
+        let n = rng.gen_range(0..5u32);
+        let n = if n == 4 { 5 } else { n }; // EAX, ECX, EDX, EBX, EBP
+        return match size {
+            4 | 8 => Register::EAX + n,
+            2 => Register::AX + n,
+            _ => {
+                let n = n % 4;
+                if rng.gen_bool(0.3) {
+                    Register::AH + n
+                } else {
+                    Register::AL + n
+                }
+            }
+        };
+    }
     let r = R64[rng.gen_range(0..R64.len())];
     let n = r as usize - Register::RAX as usize;
     match size {
@@ -119,6 +145,28 @@ fn reg(rng: &mut StdRng, size: usize) -> Register {
 
 fn mem(rng: &mut StdRng) -> MemoryOperand {
     let disp = rng.gen_range(-16i64..0x1010);
+    if mode32() {
+        return match rng.gen_range(0..5) {
+            0 => MemoryOperand::with_base_index_scale_displ_size(
+                Register::EDI,
+                Register::ESI,
+                [1, 2, 4, 8][rng.gen_range(0..4)],
+                rng.gen_range(0..0x800),
+                4,
+            ),
+            1 => MemoryOperand::with_displ(DATA + rng.gen_range(0..0x1000), 4),
+            2 => MemoryOperand::new(
+                Register::EDI,
+                Register::None,
+                1,
+                disp - FS_BASE as i64,
+                4,
+                false,
+                Register::FS,
+            ),
+            _ => MemoryOperand::with_base_displ(Register::EDI, disp),
+        };
+    }
     match rng.gen_range(0..6) {
         0 => MemoryOperand::with_base_index_scale_displ_size(
             Register::R15,
@@ -199,7 +247,12 @@ fn operand(rng: &mut StdRng, k: K) -> Option<Op> {
         K::xmm_or_mem if rng.gen_bool(0.4) => {
             // Mostly 16-byte aligned, as SSE operands must be.
             let disp = rng.gen_range(-1i64..0xff) * 16 + rng.gen_range(0..4) * rng.gen_range(0..2);
-            Op::Mem(MemoryOperand::with_base_displ(Register::R15, disp))
+            let base = if mode32() {
+                Register::EDI
+            } else {
+                Register::R15
+            };
+            Op::Mem(MemoryOperand::with_base_displ(base, disp))
         }
         K::xmm_or_mem => Op::Reg(Register::XMM0 + rng.gen_range(0..16)),
         _ => return None,
@@ -369,9 +422,52 @@ fn codes() -> Vec<Code> {
         .collect()
 }
 
+/// As [`codes`], for 32-bit code.
+fn codes32() -> Vec<Code> {
+    let wanted: Vec<M> = codes().iter().map(|c| c.mnemonic()).collect();
+    Code::values()
+        .filter(|c| wanted.contains(&c.mnemonic()))
+        .filter(|c| {
+            let o = c.op_code();
+            o.mode32() && o.encoding() == iced_x86::EncodingKind::Legacy
+        })
+        .filter(|c| {
+            !matches!(c.mnemonic(), M::Jmp | M::Call)
+                || matches!(
+                    c.op_code().op_kind(0),
+                    K::r32_or_mem | K::r32_reg | K::r32_rm
+                )
+        })
+        .collect()
+}
+
 /// The branch (or HLT, or nothing) that ends a block.
 fn terminator(rng: &mut StdRng, ip: u64) -> Option<Instruction> {
     let target = LANDING + rng.gen_range(0..0x1000);
+    if mode32() {
+        return match rng.gen_range(0..8) {
+            0 => Instruction::with_branch(Code::Jmp_rel32_32, target).ok(),
+            1 => Instruction::with_branch(Code::Call_rel32_32, target).ok(),
+            2 => Some(Instruction::with(Code::Retnd)),
+            3 => Some(Instruction::with(Code::Hlt)),
+            4 => None,
+            _ => {
+                let cc = [
+                    Code::Jo_rel32_32,
+                    Code::Jb_rel32_32,
+                    Code::Je_rel32_32,
+                    Code::Jbe_rel32_32,
+                    Code::Js_rel32_32,
+                    Code::Jp_rel32_32,
+                    Code::Jl_rel32_32,
+                    Code::Jle_rel32_32,
+                    Code::Jne_rel32_32,
+                    Code::Jg_rel32_32,
+                ];
+                Instruction::with_branch(cc[rng.gen_range(0..cc.len())], target).ok()
+            }
+        };
+    }
     match rng.gen_range(0..8) {
         0 => Instruction::with_branch(Code::Jmp_rel32_64, target).ok(),
         1 => Instruction::with_branch(Code::Call_rel32_64, target).ok(),
@@ -405,7 +501,7 @@ fn terminator(rng: &mut StdRng, ip: u64) -> Option<Instruction> {
 
 /// Random machine code for one block and its instruction count.
 fn random_block(rng: &mut StdRng, codes: &[Code]) -> (Vec<u8>, usize) {
-    let mut enc = Encoder::new(64);
+    let mut enc = Encoder::new(if mode32() { 32 } else { 64 });
     let mut ip = CODE;
     let mut n = 0;
     let len = rng.gen_range(1..24);
@@ -481,6 +577,16 @@ fn start(rng: &mut StdRng) -> Start {
     for _ in 0..rng.gen_range(0..3) {
         let r = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13][rng.gen_range(0..13)];
         gpr[r] = LANDING + rng.gen_range(0..0x1000);
+    }
+    if mode32() {
+        for (i, g) in gpr.iter_mut().enumerate() {
+            *g = match i {
+                4 => STACK + 0x800,
+                6 => rng.gen_range(0..64),
+                7 => DATA,
+                _ => *g & 0xffff_ffff,
+            };
+        }
     }
     let xmm = std::array::from_fn(|_| match rng.gen_range(0..4) {
         0 => 0,
@@ -563,7 +669,8 @@ fn run_at(cpu: &mut Cpu, s: &Start, budget: u64, flush_tlb: bool, rip: u64) -> O
 }
 
 fn disasm(code: &[u8]) -> String {
-    let mut d = iced_x86::Decoder::with_ip(64, code, CODE, iced_x86::DecoderOptions::NONE);
+    let bits = if mode32() { 32 } else { 64 };
+    let mut d = iced_x86::Decoder::with_ip(bits, code, CODE, iced_x86::DecoderOptions::NONE);
     let mut s = String::new();
     for ins in d.iter() {
         s += &format!("  {:x}: {}\n", ins.ip(), ins);
@@ -595,10 +702,18 @@ fn check(
         let flush = pass == 0 || rng.gen_bool(0.5);
         let got = run(jit, &s, budget, flush);
         if want != got {
-            let diff: Vec<String> = (0..16)
+            let mut diff: Vec<String> = (0..16)
                 .filter(|&i| want.gpr[i] != got.gpr[i])
                 .map(|i| format!("r{i}: {:#x} vs {:#x}", want.gpr[i], got.gpr[i]))
                 .collect();
+            diff.extend(
+                (0..16)
+                    .filter(|&i| want.xmm[i] != got.xmm[i])
+                    .map(|i| format!("xmm{i}: {:#x} vs {:#x}", want.xmm[i], got.xmm[i])),
+            );
+            if want.cr2 != got.cr2 {
+                diff.push(format!("cr2: {:#x} vs {:#x}", want.cr2, got.cr2));
+            }
             panic!(
                 "iteration {it} pass {pass} ({n} instructions): translated code differs\n{}\ninterp rip={:#x} flags={:#x} exc={:?} n={} exit={:?}\njit    rip={:#x} flags={:#x} exc={:?} n={} exit={:?}\n{}\ndata same: {}, stack same: {}",
                 disasm(code),
@@ -840,4 +955,74 @@ fn exit_request_stops_an_endless_translated_loop() {
     assert!(jit.jit_blocks() > 0);
     // Every iteration counted: two instructions per RAX increment.
     assert_eq!(jit.icount, 2 * jit.gpr[0]);
+}
+
+/// A CPU in 32-bit protected mode with flat segments and 32-bit paging
+/// mapping only the pages the tests use, an IDT whose every exception
+/// handler halts.
+fn machine32() -> Cpu {
+    let ram = GuestRam::new(4 << 20).expect("ram");
+    ram.write_bytes(0x10000, &(0x11003u32).to_le_bytes());
+    // Only DATA and STACK are writable (CR0.WP): stray stores cannot
+    // change the code between the runs compared.
+    for p in [IDT, HANDLER, GDT, CODE, LANDING, DATA, STACK] {
+        let w = if p == DATA || p == STACK { 2 } else { 0 };
+        ram.write_bytes(0x11000 + (p >> 12) * 4, &((p as u32) | 1 | w).to_le_bytes());
+    }
+    for v in 0..32u64 {
+        let gate = (HANDLER & 0xffff) | (8 << 16) | (0x8e00 << 32) | ((HANDLER >> 16) << 48);
+        ram.write_bytes(IDT + v * 8, &gate.to_le_bytes());
+    }
+    ram.write_bytes(HANDLER, &[0xf4; 16]);
+    ram.write_bytes(LANDING, &[0xf4; 0x1000]);
+    ram.write_bytes(GDT + 8, &0x00cf_9a00_0000_ffffu64.to_le_bytes());
+    ram.write_bytes(GDT + 16, &0x00cf_9200_0000_ffffu64.to_le_bytes());
+    let space = Arc::new(AddressSpace::new(ram));
+    let mut cpu = Cpu::new(space);
+    cpu.cr0 |=
+        crate::cpu::cr0::PE | crate::cpu::cr0::NE | crate::cpu::cr0::PG | crate::cpu::cr0::WP;
+    cpu.cr3 = 0x10000;
+    cpu.cr4 |= crate::cpu::cr4::OSFXSR;
+    cpu.seg[crate::cpu::CS] = Segment::flat32(8, true);
+    for s in [ES, SS, DS, GS] {
+        cpu.seg[s] = Segment::flat32(16, false);
+    }
+    cpu.seg[FS] = Segment {
+        base: FS_BASE,
+        ..Segment::flat32(16, false)
+    };
+    cpu.gdtr.base = GDT;
+    cpu.gdtr.limit = 23;
+    cpu.idtr.base = IDT;
+    cpu.idtr.limit = 32 * 8 - 1;
+    cpu.flush_tlb(false);
+    cpu
+}
+
+/// 32-bit protected-mode code: random blocks run interpreted and
+/// translated leave the same state, with flat segments (translated) and
+/// with a DS limit that faults (the translated code leaves for the
+/// interpreter).
+#[test]
+fn translated_32bit_blocks_match_the_interpreter() {
+    MODE32.with(|m| m.set(true));
+    let codes = codes32();
+    assert!(codes.len() > 200, "only {} instruction forms", codes.len());
+    let mut reference = machine32();
+    reference.set_jit(None);
+    let mut jit = machine32();
+    jit.set_jit(Some(1));
+    let mut rng = StdRng::seed_from_u64(0x7e57_0032);
+    for it in 0..3000 {
+        let (code, n) = random_block(&mut rng, &codes);
+        let budget = n as u64 + 8;
+        let limit = if rng.gen_bool(0.1) { 0x30800 } else { u32::MAX };
+        for cpu in [&mut reference, &mut jit] {
+            cpu.seg[DS].limit = limit;
+        }
+        check(&mut rng, &mut reference, &mut jit, &code, n, budget, it);
+    }
+    MODE32.with(|m| m.set(false));
+    let n = jit.jit_blocks();
+    assert!(n > 3000, "only {n} blocks translated");
 }
