@@ -820,12 +820,7 @@ impl<'f> Tx<'f> {
             });
         }
         if let Some(bad) = bad {
-            let out = self.side();
-            let go = self.side();
-            self.b.ins().brif(bad, out, &[], go, &[]);
-            self.b.switch_to_block(out);
-            self.side_exit(ip);
-            self.b.switch_to_block(go);
+            self.exit_if(bad, ip);
         }
         self.flat_ok = true;
     }
@@ -954,6 +949,11 @@ impl<'f> Tx<'f> {
     /// for a path that leaves the main one).
     fn spill(&mut self) {
         self.store_dirty(false);
+        self.store_lazy();
+    }
+
+    /// Stores the pending flags, if they are not in memory yet.
+    fn store_lazy(&mut self) {
         if self.lazy_dirty {
             if let Some(l) = self.lazy {
                 let t = MemFlagsData::trusted();
@@ -973,20 +973,7 @@ impl<'f> Tx<'f> {
     /// Sets the arithmetic flags in `mask` to those of `v`, keeping the
     /// others (which become eager in memory).
     fn set_flags(&mut self, v: Value, mask: u64) {
-        if self.lazy_dirty {
-            if let Some(l) = self.lazy {
-                let t = MemFlagsData::trusted();
-                let op = self.b.ins().iconst(types::I8, l.op as u8 as i64);
-                let size = self.b.ins().iconst(types::I8, l.size as i64);
-                let cpu = self.cpu;
-                self.b.ins().store(t, op, cpu, F_OP);
-                self.b.ins().store(t, size, cpu, F_SIZE);
-                self.b.ins().store(t, l.dst, cpu, F_DST);
-                self.b.ins().store(t, l.src, cpu, F_SRC);
-                self.b.ins().store(t, l.res, cpu, F_RES);
-                self.b.ins().store(t, l.aux, cpu, F_AUX);
-            }
-        }
+        self.store_lazy();
         let f = self.c64(h_set_flags as *const () as usize as i64);
         let m = self.c64(mask as i64);
         self.b
@@ -1287,6 +1274,17 @@ impl<'f> Tx<'f> {
         self.b
             .ins()
             .jump(tail, &[BlockArg::Value(r), BlockArg::Value(n)]);
+    }
+
+    /// Leaves for the interpreter before the instruction at `ip` if `cond`
+    /// (non-zero) holds.
+    fn exit_if(&mut self, cond: Value, ip: u64) {
+        let out = self.side();
+        let go = self.side();
+        self.b.ins().brif(cond, out, &[], go, &[]);
+        self.b.switch_to_block(out);
+        self.side_exit(ip);
+        self.b.switch_to_block(go);
     }
 
     /// The host address of an access of `size` bytes at linear `lin` where

@@ -94,12 +94,7 @@ impl Tx<'_> {
         let bad4 = self.b.ins().icmp_imm_s(IntCC::Equal, ok4, 0);
         let bad0 = self.b.ins().icmp_imm_s(IntCC::NotEqual, bad0, 0);
         let bad = self.b.ins().bor(bad0, bad4);
-        let out = self.side();
-        let go = self.side();
-        self.b.ins().brif(bad, out, &[], go, &[]);
-        self.b.switch_to_block(out);
-        self.side_exit(ip);
-        self.b.switch_to_block(go);
+        self.exit_if(bad, ip);
         self.sse_ok = true;
     }
 
@@ -117,12 +112,7 @@ impl Tx<'_> {
     /// aligned.
     fn align16(&mut self, lin: Value, ip: u64) {
         let low = self.b.ins().band_imm_s(lin, 15);
-        let out = self.side();
-        let go = self.side();
-        self.b.ins().brif(low, out, &[], go, &[]);
-        self.b.switch_to_block(out);
-        self.side_exit(ip);
-        self.b.switch_to_block(go);
+        self.exit_if(low, ip);
     }
 
     /// Operand `i` (an XMM register or 16 bytes of memory) as `ty`.

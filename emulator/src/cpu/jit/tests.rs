@@ -66,6 +66,13 @@ fn machine() -> Cpu {
     let space = Arc::new(AddressSpace::new(ram));
     let mut cpu = Cpu::new(space);
     crate::cpu::tests::enter_long_mode(&mut cpu, PML4);
+    flat_data(&mut cpu, 16);
+    cpu
+}
+
+/// Flat data segments (FS based at FS_BASE), the GDT and an IDT of
+/// 32 gates of `gate` bytes, SSE on.
+fn flat_data(cpu: &mut Cpu, gate: u16) {
     for s in [ES, SS, DS, GS] {
         cpu.seg[s] = Segment::flat32(16, false);
     }
@@ -76,10 +83,9 @@ fn machine() -> Cpu {
     cpu.gdtr.base = GDT;
     cpu.gdtr.limit = 23;
     cpu.idtr.base = IDT;
-    cpu.idtr.limit = 32 * 16 - 1;
+    cpu.idtr.limit = 32 * gate - 1;
     cpu.cr4 |= crate::cpu::cr4::OSFXSR;
     cpu.flush_tlb(false);
-    cpu
 }
 
 const R64: [Register; 13] = [
@@ -282,6 +288,15 @@ fn build(code: Code, ops: &[Op]) -> Option<Instruction> {
 /// Instructions the generator draws from: everything the translator emits
 /// itself, and some it leaves to the interpreter.
 fn codes() -> Vec<Code> {
+    codes_for(64)
+}
+
+/// As [`codes`], for 32-bit code.
+fn codes32() -> Vec<Code> {
+    codes_for(32)
+}
+
+fn codes_for(bits: u32) -> Vec<Code> {
     let wanted = [
         M::Mov,
         M::Movzx,
@@ -404,39 +419,22 @@ fn codes() -> Vec<Code> {
         M::Movq,
         M::Pshufb,
     ];
+    let indirect = if bits == 64 {
+        [K::r64_or_mem, K::r64_reg, K::r64_rm]
+    } else {
+        [K::r32_or_mem, K::r32_reg, K::r32_rm]
+    };
     Code::values()
         .filter(|c| wanted.contains(&c.mnemonic()))
         .filter(|c| {
             let o = c.op_code();
-            o.mode64() && o.encoding() == iced_x86::EncodingKind::Legacy
+            let mode = if bits == 64 { o.mode64() } else { o.mode32() };
+            mode && o.encoding() == iced_x86::EncodingKind::Legacy
         })
         // Near branches other than indirect ones end blocks: the
         // terminator makes those.
         .filter(|c| {
-            !matches!(c.mnemonic(), M::Jmp | M::Call)
-                || matches!(
-                    c.op_code().op_kind(0),
-                    K::r64_or_mem | K::r64_reg | K::r64_rm
-                )
-        })
-        .collect()
-}
-
-/// As [`codes`], for 32-bit code.
-fn codes32() -> Vec<Code> {
-    let wanted: Vec<M> = codes().iter().map(|c| c.mnemonic()).collect();
-    Code::values()
-        .filter(|c| wanted.contains(&c.mnemonic()))
-        .filter(|c| {
-            let o = c.op_code();
-            o.mode32() && o.encoding() == iced_x86::EncodingKind::Legacy
-        })
-        .filter(|c| {
-            !matches!(c.mnemonic(), M::Jmp | M::Call)
-                || matches!(
-                    c.op_code().op_kind(0),
-                    K::r32_or_mem | K::r32_reg | K::r32_rm
-                )
+            !matches!(c.mnemonic(), M::Jmp | M::Call) || indirect.contains(&c.op_code().op_kind(0))
         })
         .collect()
 }
@@ -982,20 +980,8 @@ fn machine32() -> Cpu {
     cpu.cr0 |=
         crate::cpu::cr0::PE | crate::cpu::cr0::NE | crate::cpu::cr0::PG | crate::cpu::cr0::WP;
     cpu.cr3 = 0x10000;
-    cpu.cr4 |= crate::cpu::cr4::OSFXSR;
     cpu.seg[crate::cpu::CS] = Segment::flat32(8, true);
-    for s in [ES, SS, DS, GS] {
-        cpu.seg[s] = Segment::flat32(16, false);
-    }
-    cpu.seg[FS] = Segment {
-        base: FS_BASE,
-        ..Segment::flat32(16, false)
-    };
-    cpu.gdtr.base = GDT;
-    cpu.gdtr.limit = 23;
-    cpu.idtr.base = IDT;
-    cpu.idtr.limit = 32 * 8 - 1;
-    cpu.flush_tlb(false);
+    flat_data(&mut cpu, 8);
     cpu
 }
 
