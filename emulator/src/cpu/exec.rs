@@ -65,6 +65,9 @@ pub(crate) struct Block {
     jit_bits: u32,
     /// Times run by the interpreter (u32::MAX: never translate).
     hits: std::cell::Cell<u32>,
+    /// Left the cache (its code, if it comes from the compiling thread
+    /// later, is not installed).
+    dead: std::cell::Cell<bool>,
     /// The translation's entry (tail-call convention), 0 until the block
     /// got hot (read by translated code).
     pub(crate) code: std::cell::Cell<usize>,
@@ -77,7 +80,9 @@ pub(crate) struct Block {
 // SAFETY: a block is used by the one vCPU whose cache holds it; the raw
 // successor pointers are only followed by that vCPU (see `Cpu::run`).
 unsafe impl Send for Block {}
-// SAFETY: as above: no two threads ever touch the same block.
+// SAFETY: as above; besides its vCPU only the vCPU's compiling thread
+// touches a block, and it only reads `insns`, which never change (the cells
+// the vCPU writes are other fields).
 unsafe impl Sync for Block {}
 
 impl Block {
@@ -92,6 +97,7 @@ impl Block {
             next: Default::default(),
             jit_bits,
             hits: std::cell::Cell::new(0),
+            dead: std::cell::Cell::new(false),
             code: std::cell::Cell::new(0),
             links: Default::default(),
             link_rips: [
@@ -109,6 +115,11 @@ impl Block {
             .map(|c| c.get())
             .find(|(r, b)| *r == rip && !b.is_null())
             .map(|(_, b)| b)
+    }
+
+    /// The decoded instructions.
+    pub(crate) fn insns(&self) -> &[Insn] {
+        &self.insns
     }
 
     /// Takes translated code made for another block decoded from the same
@@ -441,8 +452,10 @@ impl CodeCache {
     fn evict(&mut self) {
         self.jmp_clear();
         self.fast.fill(None);
-        self.graveyard.extend(self.map.drain().map(|(_, b)| b));
-        self.graveyard.extend(self.straddle.drain().map(|(_, b)| b));
+        for (_, b) in self.map.drain().chain(self.straddle.drain()) {
+            b.dead.set(true);
+            self.graveyard.push(b);
+        }
         self.pages.clear();
         self.code_bytes.clear();
     }
@@ -454,10 +467,11 @@ impl CodeCache {
         if let Some(keys) = self.pages.remove(&page) {
             self.jmp_clear();
             for k in keys {
-                if let Some(b) = self.map.remove(&k) {
-                    self.graveyard.push(b);
-                }
-                if let Some(b) = self.straddle.remove(&k) {
+                for b in [self.map.remove(&k), self.straddle.remove(&k)]
+                    .into_iter()
+                    .flatten()
+                {
+                    b.dead.set(true);
                     self.graveyard.push(b);
                 }
                 let s = Self::fast_slot(&k);
@@ -839,6 +853,10 @@ impl Cpu {
                 self.process_code_messages();
                 prev = std::ptr::null();
             }
+            if self.jit_worker.as_ref().is_some_and(|w| w.has_results()) {
+                self.install_translations();
+                prev = std::ptr::null();
+            }
             let pending = match &self.irq_state {
                 Some(s) => s.pending(),
                 None => match &self.intc {
@@ -940,7 +958,10 @@ impl Cpu {
                         }
                     }
                 }
-                let enter = self.jit.as_ref().map(|j| j.enter);
+                let enter = match &self.jit_worker {
+                    Some(w) => w.enter,
+                    None => self.jit.as_ref().map(|j| j.enter),
+                };
                 if let Some(enter) = enter.filter(|_| room >= b.insns.len()) {
                     // SAFETY: `code` was compiled from this block's
                     // instructions, which stay alive while it runs (see
@@ -1030,9 +1051,76 @@ impl Cpu {
         block
     }
 
-    /// Compiles a hot block (it runs translated from its next run).
+    /// Installs the code the compiling thread sent back (between blocks).
+    #[cold]
+    fn install_translations(&mut self) {
+        let Some(w) = self.jit_worker.as_mut() else {
+            return;
+        };
+        let mut full = false;
+        let epoch = w.epoch;
+        for d in w.results() {
+            match d {
+                super::jit::worker::Done::Enter(f, e) if e == epoch => w.enter = Some(f),
+                super::jit::worker::Done::Code {
+                    block,
+                    result,
+                    epoch: e,
+                } if e == epoch && !block.dead.get() => match result {
+                    Ok((code, links)) => {
+                        let t = Translation {
+                            phys: block.phys,
+                            bits: block.jit_bits,
+                            code,
+                            len: block.insns.len(),
+                            native: super::jit::native_mask(&block.insns, self.smp, block.jit_bits),
+                            links,
+                        };
+                        block.adopt(&t);
+                        self.cache.add_translation(t);
+                    }
+                    Err(err) => {
+                        tracing::warn!("JIT: block at {:#x} not translated: {err}", block.base);
+                        block.hits.set(u32::MAX);
+                    }
+                },
+                super::jit::worker::Done::Full(e) if e == epoch => full = true,
+                _ => {}
+            }
+        }
+        if full {
+            // Every block and translation goes before the code memory does.
+            self.cache.clear();
+            w.reset();
+        }
+    }
+
+    /// Compiles a hot block (it runs translated from its next run), on the
+    /// compiling thread unless every block is to be compiled at its first
+    /// run (then here, at once).
     #[cold]
     fn compile_block(&mut self, b: &Block) {
+        if self.cache.adopt(b, self.smp) {
+            return;
+        }
+        if self.jit_hot > 1 {
+            if self.jit_worker.is_none() {
+                self.jit_worker =
+                    super::jit::worker::Worker::start(self.jit_max_code).map(Box::new);
+            }
+            if let Some(w) = &self.jit_worker {
+                let p = b as *const Block;
+                // SAFETY: `b` is a cached block, owned by an `Arc` in the
+                // cache (or its graveyard) at this moment: one more strong
+                // reference keeps it alive for the compiling thread.
+                let arc = unsafe {
+                    Arc::increment_strong_count(p);
+                    Arc::from_raw(p)
+                };
+                w.request(arc, self.smp, b.jit_bits);
+                return;
+            }
+        }
         if self.jit.is_none() {
             match super::jit::Jit::new() {
                 Ok(j) => self.jit = Some(Box::new(j)),
@@ -1044,9 +1132,6 @@ impl Cpu {
             }
         }
         let smp = self.smp;
-        if self.cache.adopt(b, smp) {
-            return;
-        }
         if let Some(j) = self.jit.as_mut() {
             // A panic in the code generator must not take the VM down: the
             // block just stays interpreted.

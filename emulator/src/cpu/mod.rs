@@ -541,6 +541,12 @@ pub struct Cpu {
     pub(crate) logged_ud: std::collections::HashSet<u32>,
     /// The translator (made when the first block gets hot).
     pub(crate) jit: Option<Box<jit::Jit>>,
+    /// The thread that compiles this vCPU's hot blocks (made when the
+    /// first block gets hot, unless every block compiles at its first run).
+    pub(crate) jit_worker: Option<Box<jit::worker::Worker>>,
+    /// Host code the compiling thread keeps before starting afresh (tests
+    /// lower it).
+    pub(crate) jit_max_code: usize,
     /// Runs of a block before it is translated; 0: never translate.
     pub(crate) jit_hot: u32,
     /// Set by translated code that left a block for the interpreter (a
@@ -631,6 +637,8 @@ impl Cpu {
             recent_blocks: [0; 16],
             recent_pos: 0,
             jit: None,
+            jit_worker: None,
+            jit_max_code: jit::MAX_CODE,
             jit_hot: jit::default_hot(),
             jit_skip: false,
             jit_last: 0,
@@ -717,6 +725,10 @@ impl Cpu {
     /// Blocks translated to host code so far.
     pub fn jit_blocks(&self) -> u64 {
         self.jit.as_ref().map_or(0, |j| j.blocks)
+            + self
+                .jit_worker
+                .as_ref()
+                .map_or(0, |w| w.blocks.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Points translated code at the flags it polls (they live behind

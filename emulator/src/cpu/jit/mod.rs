@@ -36,6 +36,7 @@ use iced_x86::{Mnemonic as M, OpKind, Register};
 use std::mem::offset_of;
 
 mod sse;
+pub(crate) mod worker;
 
 /// The way into translated code from Rust: runs `code` for the decoded
 /// block at `block` (and the blocks it chains to) on the CPU; returns
@@ -58,10 +59,12 @@ pub(crate) type EnterFn = unsafe extern "C" fn(*mut Cpu, usize, usize) -> u64;
 /// Otherwise `Cpu::jit_last` names the last block run.
 pub(crate) const EARLY: u64 = 1;
 
-/// Runs of a block before it is translated: compiling a block costs as much
-/// as interpreting it some thousands of times (measured on the Linux boot,
-/// where 3000 beat 50, 300 and 1000, and 10000 gained nothing more).
-pub(crate) const HOT: u32 = 3000;
+/// Runs of a block before it is translated. Compiling costs as much as
+/// interpreting a block some thousands of times, but on the vCPU's own
+/// compiling thread ([`worker`]): 1000 beat 3000 on the grub-rescue CD and
+/// matched it on the Linux boot, where 300 and 100 were slower (the
+/// compiling thread falls behind).
+pub(crate) const HOT: u32 = 1000;
 
 /// The threshold from `VIREO_JIT` (`off`, or runs before translation),
 /// else [`HOT`].
@@ -75,7 +78,7 @@ pub(crate) fn default_hot() -> u32 {
 }
 
 /// Host code kept before the translator starts afresh.
-const MAX_CODE: usize = 96 << 20;
+pub(crate) const MAX_CODE: usize = 96 << 20;
 
 /// The per-vCPU translator and the host code it made.
 pub(crate) struct Jit {

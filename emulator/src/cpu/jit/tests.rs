@@ -814,6 +814,76 @@ fn translations_serve_every_virtual_address_of_their_code() {
     );
 }
 
+/// Compiling on the vCPU's compiling thread (blocks hot after two runs):
+/// whenever the code arrives, results stay the interpreter's; with little
+/// code memory the thread asks for resets again and again.
+#[test]
+fn code_compiled_off_the_vcpu_thread_matches_the_interpreter() {
+    let codes = codes();
+    let (mut reference, mut jit) = pair();
+    jit.set_jit(Some(2));
+    jit.jit_max_code = 16 << 10;
+    let mut rng = StdRng::seed_from_u64(0x7e57_0006);
+    for it in 0..1500 {
+        let (code, n) = random_block(&mut rng, &codes);
+        let budget = n as u64 + 8;
+        check(&mut rng, &mut reference, &mut jit, &code, n, budget, it);
+        if it % 100 == 99 {
+            // Let the thread catch up now and then.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    let n = jit.jit_blocks();
+    assert!(n > 20, "only {n} blocks translated");
+    let epoch = jit.jit_worker.as_ref().map_or(0, |w| w.epoch);
+    assert!(epoch > 0, "the code memory was never reset");
+}
+
+/// A long loop hot on the compiling thread: the loop runs translated once
+/// its code arrives, and ends as the interpreter's does.
+#[test]
+fn long_loop_runs_translated_once_compiled() {
+    let (mut reference, mut jit) = pair();
+    jit.set_jit(Some(50));
+    let code = assemble(|a| {
+        use iced_x86::code_asm::*;
+        let mut top = a.create_label();
+        a.mov(ecx, 3_000_000u32).unwrap();
+        a.xor(eax, eax).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.add(eax, ecx).unwrap();
+        a.rol(eax, 3u32).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap();
+        a.hlt().unwrap();
+    });
+    let mut want = 0u32;
+    for c in (1..=3_000_000u32).rev() {
+        want = want.wrapping_add(c).rotate_left(3);
+    }
+    for cpu in [&mut reference, &mut jit] {
+        cpu.space.ram.write_bytes(CODE, &code);
+        cpu.cache.clear();
+    }
+    for run in 0..2 {
+        for cpu in [&mut reference, &mut jit] {
+            cpu.rip = CODE;
+            cpu.halted = false;
+            assert_eq!(cpu.run(100_000_000), CpuExit::Halted);
+            assert_eq!(cpu.gpr[0] as u32, want, "run {run}");
+        }
+        assert_eq!(reference.icount, jit.icount);
+        // The code arrives while the loop runs (or soon after).
+        for _ in 0..200 {
+            if jit.jit_blocks() > 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(jit.jit_blocks() > 0, "the loop was never translated");
+    }
+}
+
 /// With little code memory the translator starts afresh again and again
 /// (freeing all host code between blocks); results stay the same.
 #[test]
