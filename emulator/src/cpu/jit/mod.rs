@@ -1,9 +1,11 @@
-//! The dynamic binary translator: hot blocks of 64-bit code compiled to host
-//! code with Cranelift.
+//! The dynamic binary translator: hot blocks of 64-bit code, and of 32-bit
+//! protected-mode code with flat segments, compiled to host code with
+//! Cranelift on a thread of the vCPU's own ([`worker`]).
 //!
 //! A decoded block that has run often enough is translated as a whole. The
-//! common integer instructions (moves, ALU, NEG/NOT, shifts, IMUL, LEA,
-//! stack, near branches, SETcc/CMOVcc) become host code, with the guest
+//! common integer instructions (moves, ALU, NEG/NOT, shifts and rotates,
+//! IMUL, LEA, BSF/BSR, BSWAP, stack, near branches, SETcc/CMOVcc) and the
+//! SSE2 integer and move instructions ([`sse`]) become host code, with the guest
 //! registers they use kept in host registers; every other instruction calls
 //! its interpreter handler. Memory accesses look up the software TLB inline;
 //! anything else (a miss, a page-crossing access, device memory, a page
