@@ -140,8 +140,9 @@ impl Block {
 
 type Key = (u64, u64, u32);
 
-/// Translated code for the 64-bit block decoded at a physical address,
-/// shared by every block decoded from there (see [`super::jit::EnterFn`]).
+/// Translated code for the block of some bitness decoded at a physical
+/// address, shared by every block decoded from there in that bitness (see
+/// [`super::jit::EnterFn`]).
 #[derive(Clone, Copy)]
 struct Translation {
     phys: u64,
@@ -1014,11 +1015,11 @@ impl Cpu {
         }
     }
 
-    /// The block at RIP if it is translated and can be entered straight
-    /// from translated code: 64-bit mode, the fetch translation in the TLB,
-    /// the block in the direct-mapped cache. 0 otherwise (the run loop then
-    /// looks it up, decoding if need be). A found block goes into the jump
-    /// cache; nothing else changes.
+    /// The block at CS:RIP if it is translated and can be entered straight
+    /// from translated code: 64- or 32-bit code, the fetch translation in
+    /// the TLB, the block in the direct-mapped cache. 0 otherwise (the run
+    /// loop then looks it up, decoding if need be). A found 64-bit block
+    /// goes into the jump cache; nothing else changes.
     pub(crate) fn jit_lookup(&mut self) -> usize {
         let bits = self.bitness();
         if bits == 16 {

@@ -1115,7 +1115,7 @@ fn string(c: &mut Cpu, d: &Insn, kind: Str) -> R {
         _ => None,
     };
     let bulk_ok = matches!(kind, Str::Movs | Str::Stos) && step == es as u64;
-    let bulk_ins = kind == Str::Ins && step == es as u64;
+    let bulk_ins = kind == Str::Ins && step == es as u64 && es <= 4;
     let mut budget = REP_BUDGET;
     loop {
         let cnt = st.cx & amask;
