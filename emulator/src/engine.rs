@@ -1174,20 +1174,7 @@ mod tests {
 
     /// An a.out-kludge multiboot kernel at 1 MiB whose body is `code`.
     fn kernel_file(name: &str, code: &[u8]) -> PathBuf {
-        let flags = 1u32 << 16;
-        let words = [
-            multiboot::HEADER_MAGIC,
-            flags,
-            0u32.wrapping_sub(multiboot::HEADER_MAGIC)
-                .wrapping_sub(flags),
-            0x10_0000,
-            0x10_0000,
-            0,
-            0,
-            0x10_0020,
-        ];
-        let mut img: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        img.extend_from_slice(code);
+        let img = multiboot::flat_image(code);
         let path = std::env::temp_dir().join(format!("vireo-engine-{}-{name}", std::process::id()));
         std::fs::write(&path, img).expect("write kernel");
         path

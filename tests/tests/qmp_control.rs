@@ -33,20 +33,7 @@ fn temp_dir() -> PathBuf {
 
 /// An a.out-kludge multiboot kernel at 1 MiB whose body is `code`.
 fn kernel_file(dir: &Path, code: &[u8]) -> PathBuf {
-    let flags = 1u32 << 16;
-    let words = [
-        multiboot::HEADER_MAGIC,
-        flags,
-        0u32.wrapping_sub(multiboot::HEADER_MAGIC)
-            .wrapping_sub(flags),
-        0x10_0000,
-        0x10_0000,
-        0,
-        0,
-        0x10_0020,
-    ];
-    let mut img: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    img.extend_from_slice(code);
+    let img = multiboot::flat_image(code);
     let path = dir.join("kernel");
     std::fs::write(&path, img).expect("write kernel");
     path

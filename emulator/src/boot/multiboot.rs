@@ -328,6 +328,27 @@ pub fn load(
     Ok(state)
 }
 
+/// A flat multiboot image (the a.out kludge, §3.1.3): a 32-byte header that
+/// loads the whole file at 1 MiB and enters `code`, which follows it. For
+/// small guest programs the project builds itself (test kernels).
+pub fn flat_image(code: &[u8]) -> Vec<u8> {
+    const LOAD: u32 = 0x10_0000;
+    let flags = 1u32 << 16;
+    let words = [
+        HEADER_MAGIC,
+        flags,
+        0u32.wrapping_sub(HEADER_MAGIC).wrapping_sub(flags),
+        LOAD,
+        LOAD,
+        0,
+        0,
+        LOAD + 32,
+    ];
+    let mut img: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    img.extend_from_slice(code);
+    img
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
